@@ -1,0 +1,1 @@
+"""Helpers for the Molecule verifiers: instances, published ports and real clients."""
