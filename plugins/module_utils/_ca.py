@@ -1,0 +1,906 @@
+# -*- coding: utf-8 -*-
+# Copyright: hardened.mailhost developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Private certificate authority for per-device mail client certificates.
+
+Private API (leading underscore): plain Python on top of ``cryptography``, no
+Ansible import, no ``openssl`` subprocess. The modules ``client_ca``,
+``client_cert``, ``client_crl`` and ``client_ca_info`` wrap it; the host-mode
+CRL timer, the benchmark and test helpers import it directly.
+
+Quick use::
+
+    from ansible_collections.hardened.mailhost.plugins.module_utils._ca import (
+        CertificateAuthority, CAError)
+
+    ca = CertificateAuthority("/path/to/ca", "vault passphrase")
+    ca.init()                                   # once; CAExistsError if present
+    cert = ca.issue("ann@example.org", "Ann Example", "phone")
+    cert.pkcs12_bytes, cert.pkcs12_password     # hand to the device, show once
+    ca.revoke(cert.serial, reason="key_compromise")   # or ("ann@...", "phone")
+    ca.crl(next_update_days=30)                 # re-sign the CRL, refresh exports
+    ca.info()                                   # dict: CA, CRL, every certificate
+
+Test helpers may pass ``days`` <= 0 or ``not_before``/``not_after``
+(timezone-aware ``datetime``) to ``issue`` and ``init`` to make expired or
+not-yet-valid certificates, and ``init`` a second CA folder for a "foreign" CA.
+
+Layout of the CA folder (0700; every file 0600, written atomically):
+
+``ca.key``
+    CA private key, PKCS#8 PEM encrypted with the passphrase.
+``ca.crt``
+    self-signed CA certificate, PEM.
+``crl.pem``
+    current CRL, PEM (created by ``init``, re-signed by ``revoke``/``crl``).
+``index.json``
+    the index: CRL number, CRL validity, one record per certificate.
+``export/postfix_relay_clientcerts``
+    ``<SHA-256 fingerprint, AA:BB:..> <email>`` per currently valid
+    certificate, sorted; source for a Postfix ``relay_clientcerts`` map.
+``export/dovecot_ca_crl.pem``
+    CA certificate PEM followed by the current CRL PEM, for Dovecot.
+
+Every change to the index happens under an exclusive lock on ``.lock`` in the
+folder and rewrites it atomically, so concurrent processes never lose a
+record. Errors are :class:`CAError` with a message an operator can act on;
+nothing is written when one is raised.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import collections
+import datetime
+import json
+import os
+import re
+import secrets
+import stat
+
+from ansible_collections.hardened.mailhost.plugins.module_utils import _fileutil
+
+try:
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    HAS_CRYPTOGRAPHY = True
+    CRYPTOGRAPHY_IMPORT_ERROR = None
+except ImportError as _exc:  # reported by the modules through missing_required_lib
+    HAS_CRYPTOGRAPHY = False
+    CRYPTOGRAPHY_IMPORT_ERROR = _exc
+
+
+INDEX_FORMAT = 1
+CA_KEY = "ca.key"
+CA_CERT = "ca.crt"
+CRL_FILE = "crl.pem"
+INDEX_FILE = "index.json"
+LOCK_FILE = ".lock"
+EXPORT_DIR = "export"
+POSTFIX_EXPORT = "postfix_relay_clientcerts"
+DOVECOT_EXPORT = "dovecot_ca_crl.pem"
+
+KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
+CA_KEY_TYPES = ("ec-p256", "ec-p384", "rsa-3072", "rsa-4096")
+REVOCATION_REASONS = (
+    "unspecified",
+    "key_compromise",
+    "affiliation_changed",
+    "superseded",
+    "cessation_of_operation",
+    "privilege_withdrawn",
+)
+DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EMAIL_RE = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@" + _LABEL + r"(?:\." + _LABEL + r")+$"
+)
+MIN_PASSPHRASE = 8
+# A certificate is only backdated this much, to absorb small clock skew.
+BACKDATE = datetime.timedelta(minutes=5)
+
+IssuedCert = collections.namedtuple(
+    "IssuedCert",
+    [
+        "serial",           # uppercase hex string, as in the index ("4F0A...")
+        "fingerprint",      # SHA-256, uppercase hex with colons (Postfix form)
+        "cert_pem",         # bytes
+        "key_pem",          # bytes, unencrypted PKCS#8: treat as a secret
+        "pkcs12_bytes",     # bytes, encrypted with pkcs12_password
+        "pkcs12_password",  # str, random; show once
+        "serial_number",    # int, as cryptography's Certificate.serial_number
+        "record",           # dict, the index record (no secrets)
+        "replaced",         # list of index records revoked as superseded
+    ],
+)
+
+
+class CAError(Exception):
+    """A problem the operator can act on; the message says what and where."""
+
+
+class CAExistsError(CAError):
+    """``init`` found a CA already in the folder."""
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+
+
+def _aware(value):
+    if value.tzinfo is None:
+        return value.replace(tzinfo=datetime.timezone.utc)
+    return value.astimezone(datetime.timezone.utc)
+
+
+def _iso(value):
+    return _aware(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text):
+    """Parse the index's ``YYYY-MM-DDTHH:MM:SSZ`` form into an aware datetime."""
+    if len(text) != 20 or text[4] != "-" or text[10] != "T" or text[19] != "Z":
+        raise ValueError("not a YYYY-MM-DDTHH:MM:SSZ time: %r" % (text,))
+    return datetime.datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]),
+                             int(text[14:16]), int(text[17:19]), tzinfo=datetime.timezone.utc)
+
+
+# cryptography >= 42 has *_utc properties; Debian 12 ships 38 (naive UTC).
+def _cert_not_before(cert):
+    return _aware(getattr(cert, "not_valid_before_utc", None) or cert.not_valid_before)
+
+
+def _cert_not_after(cert):
+    return _aware(getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after)
+
+
+def _crl_last_update(crl):
+    return _aware(getattr(crl, "last_update_utc", None) or crl.last_update)
+
+
+def _crl_next_update(crl):
+    value = getattr(crl, "next_update_utc", None) or crl.next_update
+    return None if value is None else _aware(value)
+
+
+def fingerprint_of(cert):
+    """SHA-256 fingerprint of a certificate as Postfix prints ``ccert_fingerprint``."""
+    return ":".join("%02X" % b for b in bytearray(cert.fingerprint(hashes.SHA256())))
+
+
+def serial_hex(number):
+    text = "%X" % number
+    return text if len(text) % 2 == 0 else "0" + text
+
+
+def parse_serial(value):
+    """Accept an int or a hex string (``0x`` prefix, colons, any case allowed)."""
+    if isinstance(value, bool):
+        raise CAError("serial must be a hex string or an integer, not %r" % (value,))
+    if isinstance(value, int):
+        if value <= 0:
+            raise CAError("serial must be positive, got %d" % value)
+        return serial_hex(value)
+    text = str(value).strip().replace(":", "")
+    if text.lower().startswith("0x"):
+        text = text[2:]
+    if not text or not re.fullmatch(r"[0-9A-Fa-f]{1,40}", text):
+        raise CAError("serial %r is not a hex number (as printed in the index or by openssl)" % (value,))
+    return serial_hex(int(text, 16))
+
+
+def validate_email(email):
+    if not isinstance(email, str) or not email:
+        raise CAError("e-mail address is required")
+    if len(email) > 254 or not EMAIL_RE.fullmatch(email):
+        raise CAError("%r is not a valid e-mail address (ASCII local@domain.tld expected)" % (email,))
+    return email.lower()
+
+
+def validate_device(device):
+    if not isinstance(device, str) or not DEVICE_RE.fullmatch(device):
+        raise CAError(
+            "device label %r is invalid: use 1-64 characters, letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit" % (device,))
+    return device
+
+
+def validate_name(name):
+    if not isinstance(name, str) or not name.strip():
+        raise CAError("the person's name (certificate O) is required")
+    if len(name) > 64:
+        raise CAError("name %r is longer than 64 characters (X.509 limit for O)" % (name,))
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise CAError("name %r contains control characters" % (name,))
+    return name.strip()
+
+
+def _generate_key(key_type):
+    if key_type == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ec-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type.startswith("rsa-") and key_type in KEY_TYPES:
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
+    raise CAError("unknown key type %r; choose one of %s" % (key_type, ", ".join(KEY_TYPES)))
+
+
+def _hash_for(key):
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def _public_der(key_or_public):
+    public = key_or_public.public_key() if hasattr(key_or_public, "public_key") else key_or_public
+    return public.public_bytes(serialization.Encoding.DER,
+                               serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def pkcs12_encryption(password, legacy=False):
+    """Modern (AES-256-CBC, PBKDF2-SHA256, HMAC-SHA256) or legacy (3DES, SHA-1) PKCS#12."""
+    builder = serialization.PrivateFormat.PKCS12.encryption_builder()
+    if legacy:
+        builder = builder.kdf_rounds(2048).key_cert_algorithm(
+            pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC).hmac_hash(hashes.SHA1())
+    else:
+        builder = builder.kdf_rounds(20000).key_cert_algorithm(
+            pkcs12.PBES.PBESv2SHA256AndAES256CBC).hmac_hash(hashes.SHA256())
+    return builder.build(password.encode("ascii"))
+
+
+class CertificateAuthority:
+    """The CA stored in ``ca_dir``.
+
+    ``passphrase`` decrypts ``ca.key``; it may be ``None`` for read-only use
+    (``info``, ``export_*``, ``plan_*``). The decrypted key is kept in memory
+    for the life of the object, so issuing many certificates pays the key
+    derivation once.
+
+    Methods that change state: ``init``, ``issue``, ``revoke``, ``crl``
+    (each refreshes both exports). Read-only: ``exists``, ``info``,
+    ``certificate``, ``crl_status``, ``plan_issue``, ``plan_revoke``.
+    """
+
+    def __init__(self, ca_dir, passphrase=None):
+        if not HAS_CRYPTOGRAPHY:
+            raise CAError("the Python library 'cryptography' is required: %s" % CRYPTOGRAPHY_IMPORT_ERROR)
+        self.ca_dir = os.path.abspath(os.path.expanduser(ca_dir))
+        self.passphrase = passphrase
+        self._key = None
+        self._cert = None
+        self._index_cache = None  # (stat signature, parsed index)
+        self._line_cache = {}  # index record -> its serialized line
+
+    # ---------------------------------------------------------------- paths
+    def path(self, *parts):
+        return os.path.join(self.ca_dir, *parts)
+
+    @property
+    def postfix_export_path(self):
+        return self.path(EXPORT_DIR, POSTFIX_EXPORT)
+
+    @property
+    def dovecot_export_path(self):
+        return self.path(EXPORT_DIR, DOVECOT_EXPORT)
+
+    def exists(self):
+        """True when a CA (key or certificate) is present in the folder."""
+        return os.path.exists(self.path(CA_KEY)) or os.path.exists(self.path(CA_CERT))
+
+    # -------------------------------------------------------------- loading
+    def _require_ca(self):
+        missing = [name for name in (CA_KEY, CA_CERT, INDEX_FILE) if not os.path.isfile(self.path(name))]
+        if len(missing) == 3:
+            raise CAError("no CA in %s: create it first (hardened.mailhost.client_ca)" % self.ca_dir)
+        if missing:
+            raise CAError("the CA in %s is incomplete, missing %s; restore it from backup"
+                          % (self.ca_dir, ", ".join(missing)))
+
+    def certificate(self):
+        """The CA certificate (cryptography object)."""
+        if self._cert is None:
+            self._require_ca()
+            try:
+                with open(self.path(CA_CERT), "rb") as handle:
+                    self._cert = x509.load_pem_x509_certificate(handle.read())
+            except ValueError as exc:
+                raise CAError("CA certificate %s is corrupt: %s" % (self.path(CA_CERT), exc))
+        return self._cert
+
+    def _private_key(self):
+        if self._key is not None:
+            return self._key
+        self._require_ca()
+        if not self.passphrase:
+            raise CAError("the CA passphrase is required for this operation")
+        with open(self.path(CA_KEY), "rb") as handle:
+            data = handle.read()
+        if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" not in data:
+            raise CAError("CA key %s is corrupt or not encrypted (expected an encrypted PKCS#8 PEM)"
+                          % self.path(CA_KEY))
+        try:
+            key = serialization.load_pem_private_key(data, password=self.passphrase.encode("utf-8"))
+        except (ValueError, TypeError):
+            raise CAError("wrong passphrase for the CA key %s (or the key file is damaged)" % self.path(CA_KEY))
+        if _public_der(key) != _public_der(self.certificate().public_key()):
+            raise CAError("CA key %s does not belong to CA certificate %s"
+                          % (self.path(CA_KEY), self.path(CA_CERT)))
+        self._key = key
+        return key
+
+    def _signing_key(self, now=None):
+        """The CA key, refusing when the CA certificate is no longer (or not yet) valid."""
+        key = self._private_key()
+        cert = self.certificate()
+        now = now or utcnow()
+        if _cert_not_after(cert) <= now:
+            raise CAError("the CA certificate expired on %s: create a new CA (and re-issue devices)"
+                          % _iso(_cert_not_after(cert)))
+        if _cert_not_before(cert) > now:
+            raise CAError("the CA certificate is not valid before %s: check the clock"
+                          % _iso(_cert_not_before(cert)))
+        return key
+
+    def _stat_sig(self):
+        st = os.stat(self.path(INDEX_FILE))
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _load_index(self):
+        self._require_ca()
+        sig = self._stat_sig()
+        if self._index_cache is not None and self._index_cache[0] == sig:
+            return self._copy_index(self._index_cache[1])
+        try:
+            with open(self.path(INDEX_FILE), "r") as handle:
+                index = json.load(handle)
+        except ValueError as exc:
+            raise CAError("CA index %s is corrupt: %s" % (self.path(INDEX_FILE), exc))
+        if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT \
+                or not isinstance(index.get("certificates"), list):
+            raise CAError("CA index %s is corrupt or of an unknown format" % self.path(INDEX_FILE))
+        self._index_cache = (sig, index)
+        return self._copy_index(index)
+
+    @staticmethod
+    def _copy_index(index):
+        copy = dict(index)
+        copy["certificates"] = [dict(rec) for rec in index["certificates"]]
+        return copy
+
+    def _save_index(self, index):
+        # One record per line: readable and diffable, and json's C encoder
+        # stays in use (indent= would fall back to the slow pure-Python one).
+        head = dict((k, v) for k, v in index.items() if k != "certificates")
+        cache, lines = {}, []
+        for rec in index["certificates"]:
+            # Records only change when revoked, so serial + state names a line.
+            key = (rec["serial"], rec["state"], rec["revoked_at"])
+            line = self._line_cache.get(key)
+            if line is None:
+                line = json.dumps(rec, sort_keys=True)
+            cache[key] = line
+            lines.append(line)
+        self._line_cache = cache
+        data = "%s, \"certificates\": [\n%s\n]}\n" % (
+            json.dumps(head, sort_keys=True)[:-1], ",\n".join(lines))
+        _fileutil.atomic_write(self.path(INDEX_FILE), data, mode=0o600)
+        self._index_cache = (self._stat_sig(), self._copy_index(index))
+
+    def _lock(self, creating=False):
+        if not creating:
+            self._require_ca()
+        return _fileutil.locked(self.path(LOCK_FILE))
+
+    # ---------------------------------------------------------------- init
+    def init(self, key_type="ec-p256", common_name="hardened.mailhost client CA",
+             organization=None, days=3650, crl_next_update_days=30,
+             not_before=None, not_after=None):
+        """Create the CA key, certificate, empty index, first CRL and exports.
+
+        Raises :class:`CAExistsError` when the folder already holds a CA.
+        Returns ``info()``.
+        """
+        if key_type not in CA_KEY_TYPES:
+            raise CAError("unknown CA key type %r; choose one of %s" % (key_type, ", ".join(CA_KEY_TYPES)))
+        if not self.passphrase or len(self.passphrase) < MIN_PASSPHRASE:
+            raise CAError("the CA passphrase must have at least %d characters" % MIN_PASSPHRASE)
+        if not common_name or len(common_name) > 64:
+            raise CAError("CA common name must have 1-64 characters")
+        if organization is not None and (not organization or len(organization) > 64):
+            raise CAError("CA organization must have 1-64 characters")
+        self._check_crl_days(crl_next_update_days)
+        if self.exists():
+            raise CAExistsError("a CA already exists in %s" % self.ca_dir)
+        now = utcnow()
+        start = _aware(not_before) if not_before else now - BACKDATE
+        end = _aware(not_after) if not_after else now + datetime.timedelta(days=days)
+        if end <= start:
+            raise CAError("CA validity must end after it starts (days=%r)" % (days,))
+
+        self._make_dir(self.ca_dir)
+        key = _generate_key(key_type)
+        names = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+        if organization:
+            names.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+        subject = x509.Name(names)
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(ski, critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+                           critical=False)
+            .sign(key, _hash_for(key))
+        )
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(self.passphrase.encode("utf-8")))
+        with self._lock(creating=True):
+            if self.exists():
+                raise CAExistsError("a CA already exists in %s" % self.ca_dir)
+            _fileutil.atomic_write(self.path(CA_KEY), key_pem, mode=0o600)
+            _fileutil.atomic_write(self.path(CA_CERT), cert.public_bytes(serialization.Encoding.PEM),
+                                   mode=0o600)
+            self._key, self._cert = key, cert
+            index = {
+                "format": INDEX_FORMAT,
+                "crl_number": 0,
+                "crl_next_update_days": int(crl_next_update_days),
+                "certificates": [],
+            }
+            self._write_crl(index, None, now, check_validity=False)
+            self._save_index(index)
+            self._write_exports(index)
+        return self.info()
+
+    @staticmethod
+    def _make_dir(folder):
+        if not os.path.isdir(folder):
+            os.makedirs(folder, mode=0o700)
+        os.chmod(folder, 0o700)
+
+    @staticmethod
+    def _check_crl_days(days):
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
+            raise CAError("CRL next-update must be 1-3650 days, got %r" % (days,))
+
+    # ---------------------------------------------------------------- issue
+    @staticmethod
+    def _is_current(rec, now):
+        # The index's fixed-width UTC form sorts like the times it holds.
+        return rec["state"] == "valid" and rec["not_after"] > _iso(now)
+
+    def plan_issue(self, email, name, device, replace=False, key_type="ec-p256", days=120,
+                   not_before=None, not_after=None, now=None):
+        """Validate an issue request without writing anything.
+
+        Returns the index records that issuing would revoke as superseded
+        (empty unless ``replace``); raises :class:`CAError` for bad input,
+        a duplicate without ``replace``, or a CA that cannot sign.
+        """
+        index = self._load_index()
+        return self._plan_issue(index, email, name, device, replace, key_type, days,
+                                not_before, not_after, now or utcnow())[0]
+
+    def _plan_issue(self, index, email, name, device, replace, key_type, days,
+                    not_before, not_after, now):
+        email = validate_email(email)
+        device = validate_device(device)
+        name = validate_name(name)
+        if key_type not in KEY_TYPES:
+            raise CAError("unknown key type %r; choose one of %s" % (key_type, ", ".join(KEY_TYPES)))
+        if isinstance(days, bool) or not isinstance(days, int):
+            raise CAError("days must be an integer, got %r" % (days,))
+        end = _aware(not_after) if not_after else now + datetime.timedelta(days=days)
+        start = _aware(not_before) if not_before else min(now - BACKDATE, end - datetime.timedelta(days=1))
+        if end <= start:
+            raise CAError("certificate validity must end after it starts")
+        self._signing_key(now)
+        ca_end = _cert_not_after(self.certificate())
+        if end > ca_end:
+            raise CAError("a %d-day certificate would outlive the CA (valid until %s): use fewer days "
+                          "or create a new CA" % (days, _iso(ca_end)))
+        current = [rec for rec in index["certificates"]
+                   if rec["email"] == email and rec["device"] == device and self._is_current(rec, now)]
+        if current and not replace:
+            raise CAError(
+                "%s already has a valid certificate for device %r (serial %s, expires %s); "
+                "set replace: true to revoke it and issue a new one, or pick another device label"
+                % (email, device, current[0]["serial"], current[0]["not_after"]))
+        return current, (email, name, device, start, end)
+
+    def issue(self, email, name, device, days=120, replace=False, key_type="ec-p256",
+              pkcs12_legacy=False, not_before=None, not_after=None):
+        """Issue a client certificate for (``email``, ``device``).
+
+        Subject CN = e-mail, O = ``name``, OU = ``device``; SAN rfc822Name;
+        EKU clientAuth; random serial; valid ``days`` (may be <= 0 for tests,
+        or give aware datetimes ``not_before``/``not_after``). The device key
+        is generated here and only returned, never stored.
+
+        A still-valid certificate for the same (email, device) makes this fail
+        unless ``replace``, which revokes it as superseded in the same locked
+        step (and re-signs the CRL). Returns :class:`IssuedCert`.
+        """
+        now = utcnow()
+        validate_email(email)
+        validate_device(device)
+        validate_name(name)
+        device_key = _generate_key(key_type)
+        password = secrets.token_urlsafe(18)
+        with self._lock():
+            index = self._load_index()
+            replaced, (email, name, device, start, end) = self._plan_issue(
+                index, email, name, device, replace, key_type, days, not_before, not_after, now)
+            ca_key = self._signing_key(now)
+            ca_cert = self.certificate()
+            serial_number = x509.random_serial_number()
+            cert = (
+                x509.CertificateBuilder()
+                .subject_name(x509.Name([
+                    x509.NameAttribute(NameOID.COMMON_NAME, email),
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, device),
+                ]))
+                .issuer_name(ca_cert.subject)
+                .public_key(device_key.public_key())
+                .serial_number(serial_number)
+                .not_valid_before(start)
+                .not_valid_after(end)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(
+                    digital_signature=True, content_commitment=False,
+                    key_encipherment=isinstance(device_key, rsa.RSAPrivateKey),
+                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                    crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(device_key.public_key()),
+                               critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                               critical=False)
+                .sign(ca_key, _hash_for(ca_key))
+            )
+            record = {
+                "serial": serial_hex(serial_number),
+                "email": email,
+                "name": name,
+                "device": device,
+                "subject": cert.subject.rfc4514_string(),
+                "key_type": key_type,
+                "issued_at": _iso(now),
+                "not_before": _iso(start),
+                "not_after": _iso(end),
+                "fingerprint_sha256": fingerprint_of(cert),
+                "state": "valid",
+                "revoked_at": None,
+                "revocation_reason": None,
+            }
+            for old in replaced:
+                self._mark_revoked(index, old["serial"], "superseded", now)
+            index["certificates"].append(record)
+            if replaced:
+                self._write_crl(index, None, now)
+            self._save_index(index)
+            self._write_exports(index, now)
+        p12 = pkcs12.serialize_key_and_certificates(
+            device.encode("utf-8"), device_key, cert, [ca_cert],
+            pkcs12_encryption(password, pkcs12_legacy))
+        return IssuedCert(
+            serial=record["serial"],
+            fingerprint=record["fingerprint_sha256"],
+            cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+            key_pem=device_key.private_bytes(serialization.Encoding.PEM,
+                                             serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()),
+            pkcs12_bytes=p12,
+            pkcs12_password=password,
+            serial_number=serial_number,
+            record=dict(record),
+            replaced=[self._find(index, r["serial"]) for r in replaced],
+        )
+
+    # --------------------------------------------------------------- revoke
+    @staticmethod
+    def _find(index, serial):
+        for rec in index["certificates"]:
+            if rec["serial"] == serial:
+                return dict(rec)
+        return None
+
+    @staticmethod
+    def _mark_revoked(index, serial, reason, now):
+        for rec in index["certificates"]:
+            if rec["serial"] == serial:
+                rec["state"] = "revoked"
+                rec["revoked_at"] = _iso(now)
+                rec["revocation_reason"] = reason
+                return
+        raise CAError("serial %s is not in the index" % serial)
+
+    def plan_revoke(self, target, reason="unspecified", now=None):
+        """Records that ``revoke(target)`` would revoke (empty when already done).
+
+        ``target`` is a serial (int or hex string) or an ``(email, device)``
+        pair. Raises :class:`CAError` for an unknown serial or device.
+        """
+        return self._plan_revoke(self._load_index(), target, reason, now or utcnow())
+
+    def _plan_revoke(self, index, target, reason, now):
+        if reason not in REVOCATION_REASONS:
+            raise CAError("unknown revocation reason %r; choose one of %s"
+                          % (reason, ", ".join(REVOCATION_REASONS)))
+        if isinstance(target, (tuple, list)):
+            if len(target) != 2:
+                raise CAError("revoke target must be a serial or an (email, device) pair")
+            email, device = validate_email(target[0]), validate_device(target[1])
+            matches = [rec for rec in index["certificates"]
+                       if rec["email"] == email and rec["device"] == device]
+            if not matches:
+                raise CAError("no certificate was ever issued to %s for device %r" % (email, device))
+            return [dict(rec) for rec in matches if rec["state"] == "valid"]
+        serial = parse_serial(target)
+        rec = self._find(index, serial)
+        if rec is None:
+            raise CAError("serial %s is unknown to the CA in %s" % (serial, self.ca_dir))
+        return [] if rec["state"] == "revoked" else [rec]
+
+    def revoke(self, target, reason="unspecified", next_update_days=None):
+        """Revoke by serial or ``(email, device)`` (every unrevoked certificate of it).
+
+        Re-signs the CRL and refreshes the exports when something changed.
+        Returns the list of records revoked now (empty: nothing to do).
+        """
+        now = utcnow()
+        with self._lock():
+            index = self._load_index()
+            todo = self._plan_revoke(index, target, reason, now)
+            if not todo:
+                return []
+            self._signing_key(now)
+            for rec in todo:
+                self._mark_revoked(index, rec["serial"], reason, now)
+            self._write_crl(index, next_update_days, now)
+            self._save_index(index)
+            self._write_exports(index, now)
+            return [self._find(index, rec["serial"]) for rec in todo]
+
+    # ------------------------------------------------------------------ CRL
+    def _write_crl(self, index, next_update_days, now, check_validity=True):
+        days = index.get("crl_next_update_days", 30) if next_update_days is None else next_update_days
+        self._check_crl_days(days)
+        key = self._signing_key(now) if check_validity else self._private_key()
+        cert = self.certificate()
+        index["crl_number"] = int(index.get("crl_number", 0)) + 1
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(cert.subject)
+            .last_update(now)
+            .next_update(now + datetime.timedelta(days=days))
+            .add_extension(x509.CRLNumber(index["crl_number"]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+                           critical=False)
+        )
+        for rec in index["certificates"]:
+            if rec["state"] != "revoked":
+                continue
+            entry = (x509.RevokedCertificateBuilder()
+                     .serial_number(int(rec["serial"], 16))
+                     .revocation_date(parse_time(rec["revoked_at"])))
+            reason = rec.get("revocation_reason") or "unspecified"
+            if reason != "unspecified":  # RFC 5280: omit the code rather than say unspecified
+                entry = entry.add_extension(x509.CRLReason(getattr(x509.ReasonFlags, reason)),
+                                            critical=False)
+            builder = builder.add_revoked_certificate(entry.build())
+        crl = builder.sign(key, _hash_for(key))
+        _fileutil.atomic_write(self.path(CRL_FILE), crl.public_bytes(serialization.Encoding.PEM),
+                               mode=0o600)
+        return crl
+
+    def crl(self, next_update_days=None):
+        """Re-sign the CRL now (next CRL number) and refresh both exports.
+
+        ``next_update_days`` defaults to the CA's ``crl_next_update_days``.
+        Returns ``crl_status()``.
+        """
+        now = utcnow()
+        with self._lock():
+            index = self._load_index()
+            self._signing_key(now)
+            self._write_crl(index, next_update_days, now)
+            self._save_index(index)
+            self._write_exports(index, now)
+        return self.crl_status()
+
+    def load_crl(self):
+        """The current CRL (cryptography object) or ``None`` when missing."""
+        try:
+            with open(self.path(CRL_FILE), "rb") as handle:
+                data = handle.read()
+        except (IOError, OSError):
+            return None
+        try:
+            crl = x509.load_pem_x509_crl(data)
+        except ValueError as exc:
+            raise CAError("CRL %s is corrupt: %s" % (self.path(CRL_FILE), exc))
+        return crl
+
+    def crl_status(self, now=None):
+        """What the current CRL says and whether it matches the index.
+
+        Keys: ``exists``, ``number``, ``last_update``, ``next_update``,
+        ``days_left`` (float), ``revoked_serials`` (sorted hex), ``missing``
+        (revoked in the index but not in the CRL), ``signature_valid``.
+        """
+        now = now or utcnow()
+        index = self._load_index()
+        wanted = sorted(rec["serial"] for rec in index["certificates"] if rec["state"] == "revoked")
+        crl = self.load_crl()
+        if crl is None:
+            return {"exists": False, "number": None, "last_update": None, "next_update": None,
+                    "days_left": None, "revoked_serials": [], "missing": wanted,
+                    "signature_valid": False}
+        listed = sorted(serial_hex(entry.serial_number) for entry in crl)
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        next_update = _crl_next_update(crl)
+        try:
+            valid = crl.is_signature_valid(self.certificate().public_key())
+        except (InvalidSignature, TypeError, ValueError):
+            valid = False
+        return {
+            "exists": True,
+            "number": number,
+            "last_update": _iso(_crl_last_update(crl)),
+            "next_update": _iso(next_update) if next_update else None,
+            "days_left": round((next_update - now).total_seconds() / 86400.0, 2) if next_update else None,
+            "revoked_serials": listed,
+            "missing": sorted(set(wanted) - set(listed)),
+            "signature_valid": bool(valid),
+        }
+
+    # -------------------------------------------------------------- exports
+    @staticmethod
+    def postfix_map_text(index, now=None):
+        stamp = _iso(now or utcnow())
+        rows = sorted((rec["email"], rec["device"], rec["fingerprint_sha256"])
+                      for rec in index["certificates"]
+                      if rec["state"] == "valid" and rec["not_before"] <= stamp < rec["not_after"])
+        return "".join("%s %s\n" % (fp, email) for email, _device, fp in rows)
+
+    def _write_if_changed(self, path, data):
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        try:
+            with open(path, "rb") as handle:
+                if handle.read() == data and stat.S_IMODE(os.stat(path).st_mode) == 0o600:
+                    return False
+        except (IOError, OSError):
+            pass
+        _fileutil.atomic_write(path, data, mode=0o600)
+        return True
+
+    def _write_exports(self, index, now=None):
+        self._make_dir(self.path(EXPORT_DIR))
+        changed = self._write_if_changed(self.postfix_export_path, self.postfix_map_text(index, now))
+        return self._export_dovecot() or changed
+
+    def _export_dovecot(self):
+        with open(self.path(CA_CERT), "rb") as handle:
+            data = handle.read()
+        try:
+            with open(self.path(CRL_FILE), "rb") as handle:
+                data += handle.read()
+        except (IOError, OSError):
+            raise CAError("no CRL in %s yet: run the CRL refresh first" % self.ca_dir)
+        return self._write_if_changed(self.dovecot_export_path, data)
+
+    def export_postfix_map(self):
+        """(Re)write ``export/postfix_relay_clientcerts``; returns (path, changed).
+
+        Certificates drop out of the map when revoked *or expired*, so run
+        this (or ``crl()``) regularly; unchanged content is not rewritten.
+        """
+        with self._lock():
+            index = self._load_index()
+            self._make_dir(self.path(EXPORT_DIR))
+            return self.postfix_export_path, self._write_if_changed(
+                self.postfix_export_path, self.postfix_map_text(index))
+
+    def export_dovecot_ca_crl(self):
+        """(Re)write ``export/dovecot_ca_crl.pem``; returns (path, changed)."""
+        with self._lock():
+            self._require_ca()
+            self._make_dir(self.path(EXPORT_DIR))
+            return self.dovecot_export_path, self._export_dovecot()
+
+    def refresh_exports(self):
+        """Rewrite both exports when their content changed; returns changed."""
+        with self._lock():
+            return self._write_exports(self._load_index())
+
+    def exports_current(self, now=None):
+        """True when both export files hold what ``refresh_exports`` would write."""
+        index = self._load_index()
+        try:
+            with open(self.postfix_export_path, "rb") as handle:
+                if handle.read() != self.postfix_map_text(index, now).encode("utf-8"):
+                    return False
+            with open(self.path(CA_CERT), "rb") as handle:
+                wanted = handle.read()
+            with open(self.path(CRL_FILE), "rb") as handle:
+                wanted += handle.read()
+            with open(self.dovecot_export_path, "rb") as handle:
+                return handle.read() == wanted
+        except (IOError, OSError):
+            return False
+
+    # ----------------------------------------------------------------- info
+    def ca_summary(self, now=None):
+        now = now or utcnow()
+        cert = self.certificate()
+        end = _cert_not_after(cert)
+        return {
+            "subject": cert.subject.rfc4514_string(),
+            "serial": serial_hex(cert.serial_number),
+            "not_before": _iso(_cert_not_before(cert)),
+            "not_after": _iso(end),
+            "days_left": int((end - now).total_seconds() // 86400),
+            "expired": end <= now,
+            "fingerprint_sha256": fingerprint_of(cert),
+            "key_type": _key_type_of_public(cert.public_key()),
+            "ca_dir": self.ca_dir,
+        }
+
+    def info(self, now=None):
+        """Everything an operator wants to see; no secrets, no passphrase needed.
+
+        ``certificates`` holds every index record plus ``status`` (valid,
+        revoked, expired, not_yet_valid) and ``days_left`` (int, may be < 0).
+        """
+        now = now or utcnow()
+        index = self._load_index()
+        certs = []
+        for rec in index["certificates"]:
+            out = dict(rec)
+            end = parse_time(rec["not_after"])
+            out["days_left"] = int((end - now).total_seconds() // 86400)
+            if rec["state"] == "revoked":
+                out["status"] = "revoked"
+            elif end <= now:
+                out["status"] = "expired"
+            elif parse_time(rec["not_before"]) > now:
+                out["status"] = "not_yet_valid"
+            else:
+                out["status"] = "valid"
+            certs.append(out)
+        return {
+            "ca": self.ca_summary(now),
+            "crl": self.crl_status(now),
+            "crl_next_update_days": index.get("crl_next_update_days"),
+            "certificates": certs,
+            "exports": {"postfix_relay_clientcerts": self.postfix_export_path,
+                        "dovecot_ca_crl": self.dovecot_export_path},
+        }
+
+
+def _key_type_of_public(public):
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return "ec-p%d" % public.curve.key_size
+    return "rsa-%d" % public.key_size
