@@ -1,0 +1,231 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hardened.mailhost developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: app_password
+short_description: Manage per-device mail app passwords in Dovecot's passwd-file
+version_added: 0.1.0
+description:
+  - Creates, lists and removes app passwords, one per user and device, for mail clients
+    that cannot present a client certificate (SMTP submission through Dovecot SASL, and
+    IMAP when the C(hardened.mailhost.dovecot) role allows it).
+  - A new password is random (20 characters from a 31-letter alphabet in groups of five,
+    about 99 bits), returned B(once) in RV(password), and only its SHA-512 crypt hash
+    (C({SHA512-CRYPT}$6$...), made with the system's libxcrypt) is stored.
+  - The mail client logs in as C(<user>+<device>) (RV(login)); Dovecot then continues as
+    the Linux account O(user) (the C(user=) extra field of the entry), so the device reads
+    the user's mailbox and Postfix sees O(user) as the SASL user name.
+  - An existing password is kept unless O(regenerate=true), so the module is idempotent.
+  - The file is replaced atomically under a lock, owner C(root), group O(group), mode
+    C(0640). A line the module does not understand is an error and nothing is changed.
+author:
+  - hardened.mailhost developers
+attributes:
+  check_mode:
+    support: full
+    details: Reports what would change; no password is generated or returned in check mode.
+  diff_mode:
+    support: full
+    details: The diff lists login names only, never a password or a hash.
+  idempotent:
+    support: partial
+    details: With O(regenerate=true) every run makes a new password and reports a change.
+options:
+  user:
+    description:
+      - Linux account the app password belongs to. Must exist for O(state=present).
+      - Required unless O(state=list).
+    type: str
+  device:
+    description:
+      - Device label, 1-32 lower-case letters, digits, C(_), C(-) or C(.), starting with a
+        letter or digit, for example V(phone) or V(laptop-2024). Part of the login name.
+      - Required unless O(state=list).
+    type: str
+  state:
+    description:
+      - V(present) makes sure the device has a password, V(absent) removes it,
+        V(list) changes nothing and only returns RV(entries) (filtered by O(user) and
+        O(device) when given).
+    type: str
+    choices: [present, absent, list]
+    default: present
+  regenerate:
+    description:
+      - Replace an existing password with a new one. The device must be given the new one.
+    type: bool
+    default: false
+  passwd_file:
+    description:
+      - Location of the passwd-file that Dovecot's app password passdb reads.
+      - Its folder must exist.
+    type: path
+    default: /etc/dovecot/app-passwords
+  group:
+    description:
+      - Group that may read the file (Dovecot's auth process).
+    type: str
+    default: dovecot
+notes:
+  - >-
+    RV(password) is a secret. A module cannot mask its own return values, so the task
+    that calls this module B(must) set C(no_log: true) and hand the password to the user
+    through a safe channel.
+  - Runs as root on the managed host; needs only the Python standard library and libcrypt.
+seealso:
+  - module: hardened.mailhost.client_cert
+"""
+
+EXAMPLES = r"""
+- name: Give alice's phone an app password (shown once, hence no_log)
+  hardened.mailhost.app_password:
+    user: alice
+    device: phone
+  register: alice_phone
+  no_log: true
+
+- name: Save the new password for alice on the controller, readable by the operator only
+  ansible.builtin.copy:
+    content: "{{ alice_phone.login }} {{ alice_phone.password }}\n"
+    dest: "{{ playbook_dir }}/secrets/alice-phone.txt"
+    mode: "0600"
+  delegate_to: localhost
+  when: alice_phone.password is not none
+  no_log: true
+
+- name: Replace the password of a phone that may have leaked it
+  hardened.mailhost.app_password:
+    user: alice
+    device: phone
+    regenerate: true
+  register: alice_phone
+  no_log: true
+
+- name: Remove the app password of a lost tablet
+  hardened.mailhost.app_password:
+    user: bob
+    device: tablet
+    state: absent
+
+- name: List every device of alice
+  hardened.mailhost.app_password:
+    user: alice
+    state: list
+  register: alice_devices
+"""
+
+RETURN = r"""
+login:
+  description: The user name the device logs in with, C(<user>+<device>).
+  returned: when O(state) is V(present) or V(absent)
+  type: str
+  sample: alice+phone
+password:
+  description:
+    - The new app password, or V(null) when no password was made in this run.
+    - "Secret; the calling task must use C(no_log: true)."
+  returned: when O(state=present)
+  type: str
+  sample: k7mqz-4hxbd-pt9wa-3nrce
+entries:
+  description:
+    - The devices in the file after this run (in check mode, as it is now), filtered by
+      O(user) and O(device) when O(state=list). No passwords, no hashes.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    user:
+      description: Linux account.
+      type: str
+      sample: alice
+    device:
+      description: Device label.
+      type: str
+      sample: phone
+    login:
+      description: Login name of the device.
+      type: str
+      sample: alice+phone
+path:
+  description: The passwd-file.
+  returned: always
+  type: str
+  sample: /etc/dovecot/app-passwords
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.hardened.mailhost.plugins.module_utils import _app_password
+
+
+def _logins(store):
+    return "".join("%s\n" % e["login"] for e in store.list())
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            user=dict(type="str"),
+            device=dict(type="str"),
+            state=dict(type="str", default="present", choices=["present", "absent", "list"]),
+            regenerate=dict(type="bool", default=False),
+            passwd_file=dict(type="path", default=_app_password.DEFAULT_PATH, no_log=False),
+            group=dict(type="str", default="dovecot"),
+        ),
+        required_if=[
+            ("state", "present", ("user", "device")),
+            ("state", "absent", ("user", "device")),
+        ],
+        supports_check_mode=True,
+    )
+    params = module.params
+    store = _app_password.AppPasswordFile(params["passwd_file"], group=params["group"])
+    state = params["state"]
+    result = dict(changed=False, path=store.path)
+    try:
+        if state == "list":
+            if params["user"] is not None:
+                _app_password.validate_user(params["user"], must_exist=False)
+            if params["device"] is not None:
+                _app_password.validate_device(params["device"])
+            result["entries"] = store.list(params["user"], params["device"])
+            module.exit_json(**result)
+        before = _logins(store)
+        user, device = params["user"], params["device"]
+        result["login"] = _app_password.login_name(user, device)
+        if state == "present":
+            changed, password = store.present(user, device, regenerate=params["regenerate"],
+                                              check_mode=module.check_mode)
+            result["password"] = password
+        else:
+            changed = store.absent(user, device, check_mode=module.check_mode)
+        result["changed"] = changed
+        result["entries"] = store.list()
+        if module._diff:
+            after = before
+            if module.check_mode and changed:
+                others = [line for line in before.splitlines() if line != result["login"]]
+                if state == "present":
+                    others.append(result["login"])
+                after = "".join("%s\n" % line for line in sorted(others))
+            elif not module.check_mode:
+                after = _logins(store)
+            result["diff"] = dict(before=before, after=after,
+                                  before_header=store.path, after_header=store.path)
+    except _app_password.AppPasswordError as exc:
+        module.fail_json(msg=str(exc))
+    except (OSError, IOError) as exc:
+        module.fail_json(msg="cannot update the app password file %s: %s" % (store.path, exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

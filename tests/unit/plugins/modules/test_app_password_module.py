@@ -1,0 +1,77 @@
+"""Run the app_password module as Ansible runs it: a script reading its arguments."""
+
+import grp
+import json
+import os
+import pwd
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
+MODULE = os.path.join(ROOT, "plugins", "modules", "app_password.py")
+ME = pwd.getpwuid(os.getuid()).pw_name
+MY_GROUP = grp.getgrgid(os.getgid()).gr_name
+
+
+def run(tmp_path, **args):
+    args.setdefault("passwd_file", str(tmp_path / "app-passwords"))
+    args.setdefault("group", MY_GROUP)
+    argfile = tmp_path / "args.json"
+    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".collections"))
+    proc = subprocess.run([sys.executable, MODULE, str(argfile)], capture_output=True, text=True, env=env)
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(autouse=True)
+def _root_only():
+    if os.getuid() != 0:
+        pytest.skip("the module writes the file as root")
+
+
+def test_present_then_idempotent_then_absent(tmp_path):
+    first = run(tmp_path, user=ME, device="phone")
+    assert first["changed"] is True
+    assert first["login"] == ME + "+phone"
+    assert len(first["password"]) == 23
+    assert first["entries"] == [{"user": ME, "device": "phone", "login": ME + "+phone"}]
+    again = run(tmp_path, user=ME, device="phone")
+    assert again["changed"] is False and again["password"] is None
+    listed = run(tmp_path, state="list", user=ME)
+    assert listed["changed"] is False
+    assert [e["login"] for e in listed["entries"]] == [ME + "+phone"]
+    gone = run(tmp_path, user=ME, device="phone", state="absent")
+    assert gone["changed"] is True and gone["entries"] == []
+    assert run(tmp_path, user=ME, device="phone", state="absent")["changed"] is False
+
+
+def test_check_mode_and_diff_never_show_secrets(tmp_path):
+    planned = run(tmp_path, user=ME, device="phone", _ansible_check_mode=True, _ansible_diff=True)
+    assert planned["changed"] is True and planned["password"] is None
+    assert planned["diff"]["after"] == ME + "+phone\n"
+    assert not (tmp_path / "app-passwords").exists()
+    made = run(tmp_path, user=ME, device="phone", _ansible_diff=True)
+    text = (tmp_path / "app-passwords").read_text()
+    hashed = text.strip().splitlines()[-1].split(":")[1]
+    blob = json.dumps(made["diff"])
+    assert made["password"] not in blob and hashed not in blob
+    assert made["diff"] == {"before": "", "after": ME + "+phone\n",
+                            "before_header": str(tmp_path / "app-passwords"),
+                            "after_header": str(tmp_path / "app-passwords")}
+
+
+def test_bad_input_fails_clearly(tmp_path):
+    bad = run(tmp_path, user=ME, device="My Phone")
+    assert bad["failed"] is True and "invalid device label" in bad["msg"]
+    missing = run(tmp_path, user=ME)
+    assert missing["failed"] is True and "device" in missing["msg"]
+    ghost = run(tmp_path, user="nosuchuser-hm", device="phone")
+    assert ghost["failed"] is True and "does not exist on this host" in ghost["msg"]
+    assert not (tmp_path / "app-passwords").exists()
+
+
+def test_password_option_is_not_accepted(tmp_path):
+    result = run(tmp_path, user=ME, device="phone", password="chosen-by-me")
+    assert result["failed"] is True and "password" in result["msg"]
