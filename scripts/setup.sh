@@ -13,7 +13,8 @@ cd "$HM_ROOT"
 log() { printf '==> %s\n' "$*"; }
 
 apt_packages=(podman runc debootstrap zstd python3-venv uidmap slirp4netns
-    fuse-overlayfs db-util openssl git make)
+    fuse-overlayfs db-util openssl git make
+    libpam-google-authenticator pamtester)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
