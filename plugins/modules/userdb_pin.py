@@ -1,0 +1,180 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hardened.mailhost developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: userdb_pin
+short_description: Manage a user's PIN in the Berkeley DB read by pam_userdb
+version_added: 0.1.0
+description:
+  - Sets, generates or removes one user's entry in the Berkeley DB hash file that
+    C(pam_userdb) reads, for example the sudo PIN database of the P(hardened.mailhost.sudo_pin#role) role.
+  - The value stored is a SHA-512 crypt string (V($6$), 16-character random salt) made by the
+    system's libxcrypt, so it matches what C(pam_userdb crypt=crypt) checks. Works on
+    Python 3.13, which has no C(crypt) module.
+  - An entry whose hash already matches O(pin) is left alone, so the module is idempotent
+    while the salt stays random.
+  - The PIN is checked against a policy (length, digits only, not the user name, not trivial)
+    before anything is touched; a PIN that breaks it fails the task and changes nothing.
+  - The database is rebuilt in a private folder beside the old file and renamed over it;
+    the file is owned by root with mode V(0600).
+author:
+  - hardened.mailhost developers
+requirements:
+  - Debian's C(python3) on the managed host (its C(dbm.ndbm) writes Berkeley DB 5.3, the
+    format C(pam_userdb) reads) and C(libcrypt.so.1) (libxcrypt).
+attributes:
+  check_mode:
+    support: full
+    description: Reports what would change; a PIN is never generated in check mode.
+  diff_mode:
+    support: full
+    description: The diff says whether the user has a PIN and whether it is new, never the PIN or its hash.
+  idempotent:
+    support: partial
+    details: Idempotent for O(pin) and for O(generate) without O(rotate); O(rotate=true) makes a new PIN on every run.
+options:
+  db:
+    description:
+      - Path of the database as C(pam_userdb)'s C(db=) option takes it, B(without) the C(.db)
+        suffix; the file written is O(db) plus C(.db).
+    type: path
+    default: /etc/security/sudo_pin
+  user:
+    description: User name used as the key (the name PAM authenticates).
+    type: str
+    required: true
+    aliases: [name]
+  state:
+    description: Whether the user has an entry.
+    type: str
+    choices: [present, absent]
+    default: present
+  pin:
+    description:
+      - The PIN to store. Keep it in Ansible Vault.
+      - Mutually exclusive with O(generate); one of them is required with O(state=present).
+    type: str
+  generate:
+    description:
+      - Generate a random PIN when the user has no entry yet (or always with O(rotate=true))
+        and return it once in RV(pin). An existing entry is kept.
+    type: bool
+    default: false
+  generate_length:
+    description: Length of a generated PIN; never shorter than O(min_length).
+    type: int
+    default: 8
+  rotate:
+    description: With O(generate=true), replace an existing entry by a new random PIN.
+    type: bool
+    default: false
+  min_length:
+    description: Shortest PIN accepted.
+    type: int
+    default: 6
+  digits_only:
+    description: Accept only the digits 0-9 (and generate digits only).
+    type: bool
+    default: true
+  refuse_trivial:
+    description: Refuse a PIN made of one repeated character or a straight run such as V(123456).
+    type: bool
+    default: true
+notes:
+  - A PIN is guessable offline from its hash in seconds; what protects it is the file's mode
+    (root only) and C(pam_faillock) limiting online guesses, as the C(sudo_pin) role configures.
+  - "Run the task that uses O(generate) with C(no_log: true) and store RV(pin) yourself: it is
+    returned once and cannot be recovered later."
+seealso:
+  - name: pam_userdb(8)
+    description: The PAM module that reads this database.
+    link: https://man7.org/linux/man-pages/man8/pam_userdb.8.html
+"""
+
+EXAMPLES = r"""
+- name: Give alice her sudo PIN from the vault
+  hardened.mailhost.userdb_pin:
+    user: alice
+    pin: "{{ vault_sudo_pins.alice }}"
+
+- name: Give bob a random PIN if he has none yet
+  hardened.mailhost.userdb_pin:
+    user: bob
+    generate: true
+  register: bob_pin
+  no_log: true
+
+- name: Remove carol's PIN
+  hardened.mailhost.userdb_pin:
+    db: /etc/security/sudo_pin
+    user: carol
+    state: absent
+"""
+
+RETURN = r"""
+db:
+  description: The database file written or checked (O(db) plus C(.db)).
+  type: str
+  returned: always
+  sample: /etc/security/sudo_pin.db
+action:
+  description: What was (or in check mode would be) done.
+  type: str
+  returned: always
+  sample: created
+  choices: [created, updated, removed, fixed_permissions, none]
+pin:
+  description: The PIN generated in this run. Shown only once; register it with C(no_log).
+  type: str
+  returned: when O(generate=true) made a new PIN outside check mode
+  sample: "40718263"
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.hardened.mailhost.plugins.module_utils import _crypt, _userdb
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            db=dict(type="path", default="/etc/security/sudo_pin"),
+            user=dict(type="str", required=True, aliases=["name"]),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+            pin=dict(type="str", no_log=True),
+            generate=dict(type="bool", default=False),
+            generate_length=dict(type="int", default=8),
+            rotate=dict(type="bool", default=False),
+            min_length=dict(type="int", default=6),
+            digits_only=dict(type="bool", default=True),
+            refuse_trivial=dict(type="bool", default=True),
+        ),
+        mutually_exclusive=[("pin", "generate")],
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        policy = _userdb.PinPolicy(min_length=p["min_length"], digits_only=p["digits_only"],
+                                   refuse_trivial=p["refuse_trivial"])
+        result = _userdb.ensure_pin(
+            p["db"], p["user"], state=p["state"], pin=p["pin"],
+            generate=p["generate"], generate_length=p["generate_length"], rotate=p["rotate"],
+            policy=policy, check_mode=module.check_mode)
+    except (_userdb.PinPolicyError, _userdb.UserDBError, _crypt.CryptError) as exc:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(msg="cannot update %s: %s" % (p["db"], exc))
+    diff = result.pop("diff")
+    if module._diff:
+        result["diff"] = dict(before_header=result["db"], after_header=result["db"], **diff)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
