@@ -1,0 +1,94 @@
+"""Module tests for hardened.mailhost.totp_qr (run as a script, like Ansible
+does), plus the ansible-doc rendering of both TOTP modules."""
+
+import json
+import os
+import secrets
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from ansible_collections.hardened.mailhost.plugins.module_utils import _totp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))))))
+COLLECTIONS = os.path.join(ROOT, ".collections")
+MODULE = "ansible_collections.hardened.mailhost.plugins.modules.totp_qr"
+
+
+def run_module(tmp_path, check=False, **args):
+    if check:
+        args["_ansible_check_mode"] = True
+    args_file = tmp_path / ("args-%s.json" % secrets.token_hex(4))
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
+    proc = subprocess.run([sys.executable, "-m", MODULE, str(args_file)], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    args_file.unlink()
+    result = json.loads(proc.stdout)
+    assert (proc.returncode != 0) == bool(result.get("failed")), proc.stderr
+    return result, proc.stdout + proc.stderr
+
+
+def test_module_writes_files_and_never_echoes_secrets(tmp_path):
+    secret = _totp.generate_secret()
+    uri = _totp.build_uri(secret, "mail.example.org", "alice@mail")
+    codes = ["12345678", "23456789"]
+    dest = str(tmp_path / "out")
+    result, output = run_module(tmp_path, uri=uri, dest=dest, name="alice@mail",
+                                scratch_codes=codes)
+    assert result["changed"] and result["terminal"]
+    assert result["files"] == [os.path.join(dest, n) for n in
+                               ("alice@mail.png", "alice@mail.svg", "alice@mail-recovery.txt")]
+    assert stat.S_IMODE(os.stat(dest).st_mode) == 0o700
+    assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in result["files"])
+    # no_log options: the URI, the secret and the codes are not in the output
+    # (the invocation shows them masked).
+    for value in [uri, secret] + codes:
+        assert value not in output
+    assert result["invocation"]["module_args"]["uri"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+
+    again, _output = run_module(tmp_path, uri=uri, dest=dest, name="alice@mail",
+                                scratch_codes=codes)
+    assert again["changed"] is False and "terminal" not in again
+    forced, _output = run_module(tmp_path, uri=uri, dest=dest, name="alice@mail",
+                                 scratch_codes=codes, force=True)
+    assert forced["changed"] and forced["terminal"] == result["terminal"]
+
+
+def test_module_check_mode(tmp_path):
+    dest = str(tmp_path / "out")
+    result, _output = run_module(tmp_path, check=True, dest=dest, name="alice",
+                                 uri=_totp.build_uri(_totp.generate_secret(), "m", "a"))
+    assert result["changed"] and "terminal" not in result
+    assert not os.path.exists(dest)
+
+
+@pytest.mark.parametrize("args,message", [
+    (dict(name="../x"), "name must be a file base name"),
+    (dict(formats=["jpg"]), "value of formats must be one or more of: png, svg"),
+    (dict(uri="otpauth://hotp/a:b?secret=JBSWY3DPEHPK3PXP"), "not an otpauth://totp/ URI"),
+    (dict(scratch_codes=["12"]), "scratch_codes must be a list of 8-digit codes"),
+])
+def test_module_bad_input(tmp_path, args, message):
+    dest = str(tmp_path / "out")
+    full = dict(uri=_totp.build_uri(_totp.generate_secret(), "m", "a"), dest=dest,
+                name="alice")
+    full.update(args)
+    result, _output = run_module(tmp_path, **full)
+    assert result["failed"] and message in result["msg"], result["msg"]
+    assert not os.path.exists(dest)
+
+
+@pytest.mark.parametrize("module", ["totp_secret", "totp_qr"])
+def test_ansible_doc_renders(module):
+    ansible_doc = os.path.join(os.path.dirname(sys.executable), "ansible-doc")
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1")
+    proc = subprocess.run([ansible_doc, "-t", "module", "hardened.mailhost." + module],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "hardened.mailhost.%s" % module in proc.stdout
+    assert "ERROR" not in proc.stderr and "WARNING" not in proc.stderr, proc.stderr
+    assert "no_log: true" in proc.stdout
