@@ -100,7 +100,7 @@ def lookup_user(name):
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        raise TotpError("user %s does not exist" % name)
+        raise TotpError("user %s does not exist" % name) from None
     return User(name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
 
 
@@ -208,7 +208,7 @@ def decode_secret(secret):
     try:
         return base64.b32decode(padded)
     except (ValueError, TypeError):
-        raise TotpError("not a base32 secret")
+        raise TotpError("not a base32 secret") from None
 
 
 def _check_label_part(name, value):
@@ -270,7 +270,7 @@ def parse(text):
         decode_secret(lines[0])
     except TotpError:
         raise MalformedFile("line 1 is not a base32 secret of 16 to 128 characters "
-                            "(A-Z, 2-7, no padding)")
+                            "(A-Z, 2-7, no padding)") from None
     result = TotpFile(lines[0], totp=False)
     seen = set()
     for line_no, line in enumerate(lines[1:], start=2):
@@ -376,7 +376,7 @@ def _read_existing(path):
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             return None, None
-        raise TotpError("cannot inspect %s: %s" % (path, exc.strerror))
+        raise TotpError("cannot inspect %s: %s" % (path, exc.strerror)) from None
     if not stat.S_ISREG(info.st_mode):
         return None, info
     if info.st_size > MAX_FILE_SIZE:
@@ -384,7 +384,7 @@ def _read_existing(path):
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
-        raise TotpError("cannot read %s: %s" % (path, exc.strerror))
+        raise TotpError("cannot read %s: %s" % (path, exc.strerror)) from None
     with os.fdopen(fd, "rb") as handle:
         data = handle.read(MAX_FILE_SIZE + 1)
     # latin-1 maps every byte; parse() rejects what is not ASCII.
@@ -471,7 +471,7 @@ def _absent(path, text, info, check_mode):
             os.unlink(path)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
-                raise TotpError("cannot remove %s: %s" % (path, exc.strerror))
+                raise TotpError("cannot remove %s: %s" % (path, exc.strerror)) from None
     return result
 
 

@@ -193,8 +193,8 @@ def ensure(uri, dest, name, formats=FORMATS, scratch_codes=None, force=False,
            check_mode=False, today=None):
     """Write the QR files (and the recovery sheet) under ``dest``.
 
-    Returns a dict with ``changed``, ``files`` and, when something was (or,
-    with ``force``, is) written, ``terminal``.
+    Returns a dict with ``changed``, ``files`` and, when something changed
+    (always with ``force``; never in check mode), ``terminal``.
     """
     validate_name(name)
     issuer, label = parse_uri(uri)
@@ -231,6 +231,6 @@ def ensure(uri, dest, name, formats=FORMATS, scratch_codes=None, force=False,
             _fileutil.atomic_write(path, data, mode=FILE_MODE)
     changed = changed or bool(to_write)
     result = {"changed": changed, "files": [path for path, _data in wanted]}
-    if to_write and not check_mode:
+    if changed and not check_mode:
         result["terminal"] = terminal_lines(qr)
     return result

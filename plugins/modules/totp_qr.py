@@ -127,7 +127,7 @@ terminal:
     - The QR code as text for a terminal, one string per line, two modules per character
       (Unicode half blocks, light modules drawn, for dark backgrounds).
     - "Secret: the calling task must use C(no_log: true)."
-  returned: when files were written (always with O(force=true)), not in check mode
+  returned: when something changed (always with O(force=true)), not in check mode
   type: list
   elements: str
 """

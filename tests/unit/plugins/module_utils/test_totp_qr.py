@@ -163,9 +163,11 @@ def test_existing_folder_mode_is_enforced(dest):
     uri = new_uri()
     _totp_qr.ensure(uri, dest, "alice")
     os.chmod(dest, 0o755)
+    before = snapshot([os.path.join(dest, "alice.png")])
     result = _totp_qr.ensure(uri, dest, "alice")
-    assert result["changed"] and "terminal" not in result
+    assert result["changed"] and result["terminal"]
     assert stat.S_IMODE(os.stat(dest).st_mode) == 0o700
+    assert snapshot([os.path.join(dest, "alice.png")]) == before
 
 
 def snapshot(paths):
