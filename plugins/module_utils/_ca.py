@@ -852,6 +852,17 @@ class CertificateAuthority:
             return False
 
     # ----------------------------------------------------------------- info
+    def check(self):
+        """Open everything (key with the passphrase, certificate, index, CRL).
+
+        Raises :class:`CAError` when any of it is missing, damaged or the
+        passphrase is wrong; returns ``ca_summary()``.
+        """
+        self._private_key()
+        self._load_index()
+        self.load_crl()
+        return self.ca_summary()
+
     def ca_summary(self, now=None):
         now = now or utcnow()
         cert = self.certificate()

@@ -1,0 +1,39 @@
+# -*- coding: utf-8 -*-
+# Copyright: hardened.mailhost developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+
+class ModuleDocFragment(object):
+    """Options shared by the client certificate CA modules."""
+
+    DOCUMENTATION = r"""
+options:
+  ca_dir:
+    description:
+      - Folder that holds the CA (C(ca.key), C(ca.crt), C(crl.pem), C(index.json) and
+        C(export/)). Mode C(0700); every file in it is C(0600).
+      - On the controller by default (the playbooks use C(hardened_ca_dir)); in the
+        C(ca) role's host mode it is the C(ca) user's folder on the host.
+    type: path
+    required: true
+requirements:
+  - cryptography >= 38 (Debian 12 C(python3-cryptography) is enough)
+notes:
+  - The CA index is changed under an exclusive lock and written atomically, so
+    several runs at the same time (for example C(forks) > 1 with C(delegate_to))
+    never lose a record.
+"""
+
+    PASSPHRASE = r"""
+options:
+  passphrase:
+    description:
+      - Passphrase that encrypts the CA private key (keep it in Ansible Vault as
+        C(hardened_ca_passphrase)). Never logged.
+    type: str
+    required: true
+"""

@@ -1,0 +1,278 @@
+"""Module tests for client_ca, client_cert, client_crl and client_ca_info.
+
+Each module runs for real, as a script with an ``ANSIBLE_MODULE_ARGS`` file
+(how Ansible hands a module its arguments); results are checked against the
+files on disk and with the openssl CLI as an independent verifier.
+"""
+
+import datetime
+import json
+import os
+import secrets
+import stat
+import subprocess
+import sys
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from ansible_collections.hardened.mailhost.plugins.module_utils._ca import CertificateAuthority
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))))))
+COLLECTIONS = os.path.join(ROOT, ".collections")
+PASS = "module test passphrase"
+
+
+def run(tmp_path, module, check=False, diff=False, **args):
+    if check:
+        args["_ansible_check_mode"] = True
+    if diff:
+        args["_ansible_diff"] = True
+    args_file = tmp_path / ("args-%s.json" % secrets.token_hex(4))
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ansible_collections.hardened.mailhost.plugins.modules." + module,
+         str(args_file)], env=env, capture_output=True, text=True, timeout=120, check=False)
+    args_file.unlink()
+    try:
+        result = json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError("module printed no JSON: %s %s" % (proc.stdout, proc.stderr))
+    assert (proc.returncode != 0) == bool(result.get("failed")), proc.stderr
+    if "passphrase" in args:
+        assert args["passphrase"] not in proc.stdout + proc.stderr
+    result["_raw"] = proc.stdout
+    return result
+
+
+def snapshot(folder):
+    out = {}
+    for root, _dirs, files in os.walk(str(folder)):
+        for name in files:
+            if name != ".lock":
+                path = os.path.join(root, name)
+                with open(path, "rb") as handle:
+                    out[os.path.relpath(path, str(folder))] = handle.read()
+    return out
+
+
+def verify(tmp_path, ca_dir, cert_pem):
+    leaf = tmp_path / ("leaf-%s.pem" % secrets.token_hex(3))
+    leaf.write_text(cert_pem)
+    proc = subprocess.run(["openssl", "verify", "-crl_check", "-CAfile",
+                           os.path.join(str(ca_dir), "export", "dovecot_ca_crl.pem"), str(leaf)],
+                          capture_output=True, text=True, timeout=30, check=False)
+    return proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def ca_dir(tmp_path):
+    folder = tmp_path / "ca"
+    result = run(tmp_path, "client_ca", ca_dir=str(folder), passphrase=PASS)
+    assert result["changed"] and result["created"]
+    return folder
+
+
+def cert_args(folder, tmp_path, **extra):
+    args = dict(ca_dir=str(folder), passphrase=PASS, email="ann@example.org", name="Ann Example",
+                device="phone", pkcs12_path=str(tmp_path / "bundles" / secrets.token_hex(4) / "b.p12"))
+    args.update(extra)
+    return args
+
+
+# -------------------------------------------------------------- client_ca
+def test_client_ca_creates_once_and_checks_afterwards(tmp_path):
+    folder = tmp_path / "new-ca"
+    check = run(tmp_path, "client_ca", check=True, diff=True, ca_dir=str(folder), passphrase=PASS)
+    assert check["changed"] and check["created"] and "would be created" in check["diff"]["after"]
+    assert not folder.exists()
+    first = run(tmp_path, "client_ca", diff=True, ca_dir=str(folder), passphrase=PASS,
+                organization="Example Mail", key_type="ec-p384", days=365)
+    assert first["changed"] and first["ca"]["key_type"] == "ec-p384"
+    assert first["ca"]["subject"] == "O=Example Mail,CN=hardened.mailhost client CA"
+    assert "PRIVATE" not in first["_raw"]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    before = snapshot(folder)
+    second = run(tmp_path, "client_ca", ca_dir=str(folder), passphrase=PASS, key_type="rsa-4096")
+    assert not second["changed"] and not second["created"]
+    assert second["ca"]["fingerprint_sha256"] == first["ca"]["fingerprint_sha256"]
+    assert snapshot(folder) == before
+
+
+def test_client_ca_errors_change_nothing(tmp_path, ca_dir):
+    before = snapshot(ca_dir)
+    wrong = run(tmp_path, "client_ca", ca_dir=str(ca_dir), passphrase="Not-The-Right-One")
+    assert wrong["failed"] and "wrong passphrase" in wrong["msg"]
+    short = run(tmp_path, "client_ca", ca_dir=str(tmp_path / "x"), passphrase="short")
+    assert short["failed"] and "at least 8" in short["msg"] and not (tmp_path / "x").exists()
+    (ca_dir / "index.json").write_text("{broken")
+    broken = run(tmp_path, "client_ca", ca_dir=str(ca_dir), passphrase=PASS)
+    assert broken["failed"] and "corrupt" in broken["msg"]
+    (ca_dir / "index.json").write_bytes(before["index.json"])
+    os.unlink(str(ca_dir / "ca.crt"))
+    partial = run(tmp_path, "client_ca", ca_dir=str(ca_dir), passphrase=PASS)
+    assert partial["failed"] and "incomplete" in partial["msg"]
+    assert not (ca_dir / "ca.crt").exists()  # never silently re-created
+
+
+# ------------------------------------------------------------ client_cert
+def test_client_cert_issues_bundle_and_refuses_duplicate(tmp_path, ca_dir):
+    args = cert_args(ca_dir, tmp_path)
+    result = run(tmp_path, "client_cert", diff=True, **args)
+    assert result["changed"] and result["replaced"] == []
+    bundle = args["pkcs12_path"]
+    assert stat.S_IMODE(os.stat(bundle).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(bundle)).st_mode) == 0o700
+    with open(bundle, "rb") as handle:
+        key, cert, extra = pkcs12.load_key_and_certificates(handle.read(),
+                                                            result["pkcs12_password"].encode())
+    assert key is not None and len(extra) == 1
+    assert cert.public_bytes(serialization.Encoding.PEM).decode() == result["cert_pem"]
+    ok, out = verify(tmp_path, ca_dir, result["cert_pem"])
+    assert ok, out
+    assert result["subject"] == "OU=phone,O=Ann Example,CN=ann@example.org"
+    assert result["serial"] in result["diff"]["after"] and result["diff"]["before"] == ""
+    assert result["pkcs12_password"] not in json.dumps(result["diff"])
+    with open(str(ca_dir / "export" / "postfix_relay_clientcerts")) as handle:
+        assert handle.read() == "%s ann@example.org\n" % result["fingerprint_sha256"]
+
+    before = snapshot(ca_dir)
+    again = run(tmp_path, "client_cert", **cert_args(ca_dir, tmp_path))
+    assert again["failed"] and "already has a valid certificate" in again["msg"]
+    checked = run(tmp_path, "client_cert", check=True, **cert_args(ca_dir, tmp_path))
+    assert checked["failed"] and "replace: true" in checked["msg"]
+    assert snapshot(ca_dir) == before
+
+    replace_args = cert_args(ca_dir, tmp_path, replace=True, pkcs12_legacy=True)
+    dry = run(tmp_path, "client_cert", check=True, diff=True, **replace_args)
+    assert dry["changed"] and dry["replaced"] == [result["serial"]] and "serial" not in dry
+    assert snapshot(ca_dir) == before and not os.path.exists(replace_args["pkcs12_path"])
+    new = run(tmp_path, "client_cert", **replace_args)
+    assert new["replaced"] == [result["serial"]]
+    ok, out = verify(tmp_path, ca_dir, result["cert_pem"])
+    assert not ok and "revoked" in out
+    assert verify(tmp_path, ca_dir, new["cert_pem"])[0]
+
+
+def test_client_cert_bad_input(tmp_path, ca_dir):
+    before = snapshot(ca_dir)
+    cases = [
+        (dict(email="not-an-address"), "not a valid e-mail"),
+        (dict(device="my phone"), "device label"),
+        (dict(device="../../etc"), "device label"),
+        (dict(name=""), "name is required"),
+        (dict(days=0), "between 1 and 825"),
+        (dict(passphrase="Not-The-Right-One"), "wrong passphrase"),
+        (dict(ca_dir=str(tmp_path / "missing")), "no CA in"),
+        (dict(serial="01"), "only used with state=revoked"),
+    ]
+    for extra, message in cases:
+        for check in (False, True):
+            result = run(tmp_path, "client_cert", check=check, **cert_args(ca_dir, tmp_path, **extra))
+            assert result["failed"] and message in result["msg"], (extra, result["msg"])
+    existing = tmp_path / "exists.p12"
+    existing.write_text("old")
+    result = run(tmp_path, "client_cert", **cert_args(ca_dir, tmp_path, pkcs12_path=str(existing)))
+    assert result["failed"] and "already exists" in result["msg"]
+    assert existing.read_text() == "old"
+    assert snapshot(ca_dir) == before
+
+
+def test_client_cert_revoke(tmp_path, ca_dir):
+    phone = run(tmp_path, "client_cert", **cert_args(ca_dir, tmp_path))
+    laptop = run(tmp_path, "client_cert", **cert_args(ca_dir, tmp_path, device="laptop"))
+    base = dict(ca_dir=str(ca_dir), passphrase=PASS, state="revoked")
+    before = snapshot(ca_dir)
+    dry = run(tmp_path, "client_cert", check=True, diff=True, email="ann@example.org",
+              device="phone", reason="key_compromise", **base)
+    assert dry["changed"] and dry["revoked"] == [phone["serial"]]
+    assert "key_compromise" in dry["diff"]["after"]
+    assert snapshot(ca_dir) == before
+    done = run(tmp_path, "client_cert", email="ann@example.org", device="phone",
+               reason="key_compromise", **base)
+    assert done["changed"] and done["revoked"] == [phone["serial"]]
+    assert not verify(tmp_path, ca_dir, phone["cert_pem"])[0]
+    assert verify(tmp_path, ca_dir, laptop["cert_pem"])[0]
+    again = run(tmp_path, "client_cert", email="ann@example.org", device="phone", **base)
+    assert not again["changed"] and again["revoked"] == []
+    by_serial = run(tmp_path, "client_cert", serial=laptop["serial"].lower(), **base)
+    assert by_serial["changed"] and by_serial["revoked"] == [laptop["serial"]]
+    with open(str(ca_dir / "export" / "postfix_relay_clientcerts")) as handle:
+        assert handle.read() == ""
+    before = snapshot(ca_dir)
+    for extra, message in [
+        (dict(serial="ABCDEF"), "unknown to the CA"),
+        (dict(serial="zz"), "not a hex number"),
+        (dict(email="ann@example.org", device="tablet"), "ever issued"),
+        (dict(email="ann@example.org"), "needs serial, or email and device"),
+        (dict(serial="01", email="ann@example.org"), "not both"),
+    ]:
+        result = run(tmp_path, "client_cert", **dict(base, **extra))
+        assert result["failed"] and message in result["msg"], result["msg"]
+    wrong = run(tmp_path, "client_cert", check=True, **dict(
+        base, passphrase="Not-The-Right-One", email="ann@example.org", device="phone"))
+    assert not wrong.get("failed") and not wrong["changed"]  # nothing to revoke, no key needed
+    assert snapshot(ca_dir) == before
+
+
+def test_client_cert_refuses_expired_ca(tmp_path):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    folder = tmp_path / "old"
+    CertificateAuthority(str(folder), PASS).init(
+        not_before=now - datetime.timedelta(days=30), not_after=now - datetime.timedelta(minutes=1))
+    before = snapshot(folder)
+    result = run(tmp_path, "client_cert", **cert_args(folder, tmp_path))
+    assert result["failed"] and "CA certificate expired" in result["msg"]
+    crl = run(tmp_path, "client_crl", ca_dir=str(folder), passphrase=PASS, force=True)
+    assert crl["failed"] and "expired" in crl["msg"]
+    assert snapshot(folder) == before
+
+
+# ------------------------------------------------------------- client_crl
+def test_client_crl_refresh_rules(tmp_path, ca_dir):
+    base = dict(ca_dir=str(ca_dir), passphrase=PASS)
+    first = run(tmp_path, "client_crl", **base)
+    assert not first["changed"] and first["reasons"] == []
+    number = first["crl"]["number"]
+    dry = run(tmp_path, "client_crl", check=True, diff=True, force=True, **base)
+    assert dry["changed"] and dry["crl_signed"] and dry["crl"]["number"] == number
+    forced = run(tmp_path, "client_crl", force=True, next_update_days=5, **base)
+    assert forced["changed"] and forced["crl"]["number"] == number + 1
+    assert 4.99 < forced["crl"]["days_left"] <= 5
+    # 5 days left is less than half of the CA default (30): next run re-signs for 30 days
+    renewed = run(tmp_path, "client_crl", **base)
+    assert renewed["changed"] and any("expires in" in r for r in renewed["reasons"])
+    assert renewed["crl"]["days_left"] > 29.9
+    assert not run(tmp_path, "client_crl", **base)["changed"]
+    os.unlink(str(ca_dir / "export" / "postfix_relay_clientcerts"))
+    exports = run(tmp_path, "client_crl", **base)
+    assert exports["changed"] and exports["exports_changed"] and not exports["crl_signed"]
+    os.unlink(str(ca_dir / "crl.pem"))
+    missing = run(tmp_path, "client_crl", **base)
+    assert missing["changed"] and "missing" in missing["reasons"]
+    assert (ca_dir / "crl.pem").exists()
+    bad = run(tmp_path, "client_crl", next_update_days=5, min_valid_days=5, **base)
+    assert bad["failed"] and "min_valid_days" in bad["msg"]
+    wrong = run(tmp_path, "client_crl", ca_dir=str(ca_dir), passphrase="Not-The-Right-One")
+    assert wrong["failed"] and "wrong passphrase" in wrong["msg"]
+
+
+# --------------------------------------------------------- client_ca_info
+def test_client_ca_info(tmp_path, ca_dir):
+    run(tmp_path, "client_cert", **cert_args(ca_dir, tmp_path))
+    bob = run(tmp_path, "client_cert", **cert_args(ca_dir, tmp_path, email="bob@example.org"))
+    run(tmp_path, "client_cert", ca_dir=str(ca_dir), passphrase=PASS, state="revoked",
+        serial=bob["serial"])
+    info = run(tmp_path, "client_ca_info", ca_dir=str(ca_dir))
+    assert not info["changed"] and len(info["certificates"]) == 2
+    assert info["crl"]["revoked_serials"] == [bob["serial"]]
+    revoked = run(tmp_path, "client_ca_info", ca_dir=str(ca_dir), status=["revoked"])
+    assert [c["serial"] for c in revoked["certificates"]] == [bob["serial"]]
+    ann = run(tmp_path, "client_ca_info", ca_dir=str(ca_dir), email="ANN@example.org")
+    assert [c["email"] for c in ann["certificates"]] == ["ann@example.org"]
+    assert ann["certificates"][0]["days_left"] in (119, 120)
+    missing = run(tmp_path, "client_ca_info", ca_dir=str(tmp_path / "none"))
+    assert missing["failed"] and "no CA in" in missing["msg"]
