@@ -105,7 +105,7 @@ EXAMPLES = r"""
     dest: "{{ playbook_dir }}/enrolment/{{ inventory_hostname }}"
     name: alice
   delegate_to: localhost
-  when: alice_totp.created
+  when: alice_totp.uri is defined  # not in check mode, not when the secret was kept
   register: alice_qr
   no_log: true
 

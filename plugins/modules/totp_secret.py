@@ -144,7 +144,7 @@ EXAMPLES = r"""
     dest: "{{ playbook_dir }}/enrolment"
     name: alice
   delegate_to: localhost
-  when: alice_totp.created
+  when: alice_totp.uri is defined  # not in check mode, not when the secret was kept
   no_log: true
 
 - name: Allow three attempts per minute and a wider clock window for bob
