@@ -381,11 +381,16 @@ def _read_existing(path):
         return None, info
     if info.st_size > MAX_FILE_SIZE:
         return None, info
+    # The home belongs to the user, who could swap the file for a link or a
+    # FIFO after lstat(): no following, no blocking, and the same inode.
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         raise TotpError("cannot read %s: %s" % (path, exc.strerror)) from None
     with os.fdopen(fd, "rb") as handle:
+        opened = os.fstat(handle.fileno())
+        if not stat.S_ISREG(opened.st_mode) or opened.st_ino != info.st_ino:
+            raise TotpError("%s was replaced while it was read; run again" % path)
         data = handle.read(MAX_FILE_SIZE + 1)
     # latin-1 maps every byte; parse() rejects what is not ASCII.
     return data.decode("latin-1"), info

@@ -441,3 +441,10 @@ def test_absent_removes_even_a_malformed_file(target):
     write_file(target, "garbage\n")
     assert ensure(target, state="absent")["changed"]
     assert not os.path.lexists(target)
+
+
+def test_fifo_is_refused_without_blocking(target):
+    os.mkfifo(target, 0o600)
+    with pytest.raises(_totp.MalformedFile, match="not a regular file"):
+        ensure(target)
+    assert stat.S_ISFIFO(os.lstat(target).st_mode)
