@@ -1,0 +1,132 @@
+#!/usr/bin/python3
+# -*- coding: utf-8 -*-
+# Copyright: hardened.mailhost developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Postfix policy service: bind a client certificate to its own e-mail address.
+
+Postfix can permit relaying by certificate fingerprint (``relay_clientcerts``)
+but has no built-in way to tie the MAIL FROM address to the certificate
+(``smtpd_sender_login_maps`` only knows SASL logins), and an access table may
+not name another table in its result. This small service closes both gaps.
+It is started by master(8) through ``spawn`` (one process per SMTP session,
+requests on stdin, answers on stdout) and reads the same text map the CA
+exports: ``<SHA-256 fingerprint AA:BB:..> <email>`` per valid certificate.
+
+For a client whose certificate fingerprint is listed it answers:
+
+* ``REJECT`` when the certificate did not verify against the configured CA
+  (Postfix sends ``ccert_subject`` only for trusted certificates, so an
+  expired certificate still listed in a stale map is refused here);
+* ``REJECT`` when MAIL FROM is not the certificate's address;
+* ``DUNNO`` otherwise, so the rest of the restriction list decides.
+
+Clients without a listed certificate get ``DUNNO``: relaying for them is
+decided by ``permit_tls_clientcerts``/``permit_sasl_authenticated``/``reject``.
+The map file is read again whenever its modification time changes. A missing
+or unreadable map is answered with ``DEFER`` (fail closed, temporary).
+
+Runs on Python 3.8+ with the standard library only.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import os
+import re
+import sys
+
+FINGERPRINT_RE = re.compile(r"^[0-9A-F]{2}(?::[0-9A-F]{2}){31}$")
+
+
+def parse_map(text):
+    """``{FINGERPRINT: email}`` from the map text; blank lines and ``#`` comments skipped.
+
+    Raises ValueError naming the line for anything malformed, so a damaged
+    map is noticed instead of silently trusting part of it.
+    """
+    result = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) != 2 or not FINGERPRINT_RE.match(fields[0].upper()) or "@" not in fields[1]:
+            raise ValueError("line %d: expected '<SHA-256 fingerprint> <email>'" % number)
+        result[fields[0].upper()] = fields[1]
+    return result
+
+
+def decide(attrs, certs):
+    """Policy action (``action=`` value) for one request's attributes."""
+    fingerprint = attrs.get("ccert_fingerprint", "").strip().upper()
+    if not fingerprint or fingerprint not in certs:
+        return "DUNNO"
+    owner = certs[fingerprint]
+    if not attrs.get("ccert_subject"):
+        return "REJECT 5.7.1 Client certificate is not valid (expired or not from this CA)"
+    sender = attrs.get("sender", "")
+    if sender.lower() != owner.lower():
+        return "REJECT 5.7.1 <%s>: Sender address not owned by this client certificate" % sender
+    return "DUNNO"
+
+
+class MapFile:
+    """The map file, parsed again only when its mtime or size changes."""
+
+    def __init__(self, path):
+        self.path = path
+        self._sig = None
+        self._certs = None
+
+    def certs(self):
+        st = os.stat(self.path)
+        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if sig != self._sig:
+            with open(self.path, encoding="utf-8") as handle:
+                self._certs = parse_map(handle.read())
+            self._sig = sig
+        return self._certs
+
+
+def serve(instream, outstream, mapfile, log=None):
+    """Answer requests until EOF; returns the number of requests answered."""
+    attrs = {}
+    answered = 0
+    for raw in instream:
+        line = raw.rstrip("\r\n")
+        if line:
+            name, sep, value = line.partition("=")
+            if sep:
+                attrs[name] = value
+            continue
+        try:
+            action = decide(attrs, mapfile.certs())
+        except (OSError, ValueError) as exc:
+            if log:
+                log("client certificate map %s: %s" % (mapfile.path, exc))
+            action = "DEFER 4.3.5 Client certificate map unavailable"
+        outstream.write("action=%s\n\n" % action)
+        outstream.flush()
+        answered += 1
+        attrs = {}
+    return answered
+
+
+def main(argv):
+    if len(argv) != 2:
+        sys.stderr.write("usage: %s MAP_FILE\n" % argv[0])
+        return 2
+
+    # spawn(8) connects stdout (and stderr) to smtpd: log through syslog only.
+    import syslog
+
+    syslog.openlog("postfix/ccert_sender_policy", 0, syslog.LOG_MAIL)
+
+    def log(message):
+        syslog.syslog(syslog.LOG_WARNING, message)
+
+    serve(sys.stdin, sys.stdout, MapFile(argv[1]), log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

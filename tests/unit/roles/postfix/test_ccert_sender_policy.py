@@ -1,0 +1,121 @@
+"""The Postfix policy service that binds a client certificate to its address."""
+
+import importlib.util
+import io
+import os
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(HERE, "..", "..", "..", "..", "roles", "postfix", "files", "ccert_sender_policy.py")
+
+spec = importlib.util.spec_from_file_location("ccert_sender_policy", SCRIPT)
+policy = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(policy)
+
+FP_A = ":".join(["AB"] * 32)
+FP_B = ":".join(["0C"] * 32)
+MAP = "%s alice@example.test\n%s bob@example.test\n" % (FP_A, FP_B)
+
+
+def request(**attrs):
+    base = {"request": "smtpd_access_policy", "protocol_state": "RCPT"}
+    base.update(attrs)
+    return "".join("%s=%s\n" % item for item in base.items()) + "\n"
+
+
+def test_parse_map_reads_fingerprints_and_addresses():
+    assert policy.parse_map("# comment\n\n" + MAP) == {FP_A: "alice@example.test", FP_B: "bob@example.test"}
+
+
+def test_parse_map_folds_fingerprint_case():
+    assert policy.parse_map(FP_A.lower() + " a@example.test\n") == {FP_A: "a@example.test"}
+
+
+@pytest.mark.parametrize("line", [
+    "AB:CD alice@example.test",             # short fingerprint
+    FP_A + " not-an-address",
+    FP_A,
+    FP_A + " a@example.test extra",
+    FP_A.replace(":", "") + " a@example.test",
+])
+def test_parse_map_rejects_damaged_lines(line):
+    with pytest.raises(ValueError, match="line 2"):
+        policy.parse_map(MAP.splitlines()[0] + "\n" + line + "\n")
+
+
+CERTS = policy.parse_map(MAP)
+
+
+def test_listed_certificate_with_own_address_is_left_to_the_next_restriction():
+    attrs = {"ccert_fingerprint": FP_A, "ccert_subject": "alice@example.test", "sender": "Alice@Example.test"}
+    assert policy.decide(attrs, CERTS) == "DUNNO"
+
+
+def test_listed_certificate_with_another_address_is_rejected():
+    attrs = {"ccert_fingerprint": FP_A, "ccert_subject": "alice@example.test", "sender": "bob@example.test"}
+    assert policy.decide(attrs, CERTS).startswith("REJECT 5.7.1 <bob@example.test>")
+
+
+def test_listed_certificate_with_null_sender_is_rejected():
+    attrs = {"ccert_fingerprint": FP_A, "ccert_subject": "alice@example.test", "sender": ""}
+    assert policy.decide(attrs, CERTS).startswith("REJECT")
+
+
+def test_listed_but_untrusted_certificate_is_rejected():
+    # Postfix leaves ccert_subject empty when the chain did not verify (e.g. expired).
+    attrs = {"ccert_fingerprint": FP_A, "ccert_subject": "", "sender": "alice@example.test"}
+    assert "not valid" in policy.decide(attrs, CERTS)
+
+
+@pytest.mark.parametrize("attrs", [
+    {},
+    {"ccert_fingerprint": ""},
+    {"ccert_fingerprint": ":".join(["EE"] * 32), "ccert_subject": "x@example.test", "sender": "y@example.test"},
+    {"sasl_username": "alice", "sender": "bob@example.test"},
+])
+def test_clients_without_a_listed_certificate_are_not_decided_here(attrs):
+    assert policy.decide(attrs, CERTS) == "DUNNO"
+
+
+def write_map(tmp_path, text):
+    path = tmp_path / "relay_clientcerts"
+    path.write_text(text)
+    return policy.MapFile(str(path)), path
+
+
+def test_serve_answers_every_request_of_a_session(tmp_path):
+    mapfile, _path = write_map(tmp_path, MAP)
+    stdin = io.StringIO(
+        request(ccert_fingerprint=FP_A, ccert_subject="alice@example.test", sender="alice@example.test")
+        + request(ccert_fingerprint=FP_A, ccert_subject="alice@example.test", sender="eve@example.test"))
+    stdout = io.StringIO()
+    assert policy.serve(stdin, stdout, mapfile) == 2
+    answers = stdout.getvalue().split("\n\n")
+    assert answers[0] == "action=DUNNO"
+    assert answers[1].startswith("action=REJECT 5.7.1 <eve@example.test>")
+
+
+def test_serve_rereads_a_changed_map(tmp_path):
+    mapfile, path = write_map(tmp_path, MAP)
+    attrs = dict(ccert_fingerprint=FP_A, ccert_subject="alice@example.test", sender="alice@example.test")
+    assert policy.decide(attrs, mapfile.certs()) == "DUNNO"
+    path.write_text(MAP.replace("alice@", "carol@") + "# longer\n")
+    assert policy.decide(attrs, mapfile.certs()).startswith("REJECT")
+
+
+@pytest.mark.parametrize("text", [None, "garbage line\n"])
+def test_serve_defers_when_the_map_is_missing_or_damaged(tmp_path, text):
+    path = tmp_path / "relay_clientcerts"
+    if text is not None:
+        path.write_text(text)
+    logged = []
+    stdout = io.StringIO()
+    policy.serve(io.StringIO(request(ccert_fingerprint=FP_A)), stdout, policy.MapFile(str(path)), logged.append)
+    assert stdout.getvalue() == "action=DEFER 4.3.5 Client certificate map unavailable\n\n"
+    assert logged and str(path) in logged[0]
+
+
+def test_main_needs_the_map_argument(capsys):
+    assert policy.main(["policy"]) == 2
+    assert "usage" in capsys.readouterr().err
