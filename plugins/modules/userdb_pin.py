@@ -58,7 +58,7 @@ options:
   pin:
     description:
       - The PIN to store. Keep it in Ansible Vault.
-      - Mutually exclusive with O(generate); one of them is required with O(state=present).
+      - Exclusive with O(generate=true); one of them is required with O(state=present).
     type: str
   generate:
     description:
@@ -155,7 +155,6 @@ def main():
             digits_only=dict(type="bool", default=True),
             refuse_trivial=dict(type="bool", default=True),
         ),
-        mutually_exclusive=[("pin", "generate")],
         supports_check_mode=True,
     )
     p = module.params

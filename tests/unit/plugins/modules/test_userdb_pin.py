@@ -54,7 +54,10 @@ def test_policy_failure_is_clear_and_changes_nothing(tmp_path, db):
 
 def test_pin_and_generate_are_exclusive(tmp_path, db):
     result, _ = run_module(tmp_path, db=db, user="alice", pin="482916", generate=True)
-    assert result["failed"] and "mutually exclusive" in result["msg"]
+    assert result["failed"] and "either pin or generate" in result["msg"]
+    assert not os.path.exists(db + ".db")
+    ok, _ = run_module(tmp_path, db=db, user="alice", pin="482916", generate=False)
+    assert ok["changed"]
 
 
 def test_generate_and_check_mode(tmp_path, db):
