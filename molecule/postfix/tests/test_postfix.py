@@ -1,0 +1,297 @@
+"""Postfix: inbound on 25, relay on 465 only for listed client certificates.
+
+Real clients (smtplib, openssl s_client) talk to the ports podman published on
+127.0.0.1; relayed mail goes to the sink in the container (sink.test ->
+127.0.0.1:2525), local mail to ~/Maildir, and every assertion reads the result.
+"""
+
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from hmtest import smtp
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, ".collections"))
+
+from ansible_collections.hardened.mailhost.plugins.module_utils._ca import CertificateAuthority  # noqa: E402
+
+CA_PASSPHRASE = "molecule-postfix-test-ca"  # see files/make_certs.py
+SINK_DIR = "/var/tmp/hm-sink"
+
+
+def token():
+    return uuid.uuid4().hex[:16]
+
+
+def client_files(ephemeral_dir, name):
+    base = os.path.join(ephemeral_dir, "clients", name)
+    return base + ".crt", base + ".key"
+
+
+def sink_has(instance, tok):
+    return instance.run("grep", "-rlF", tok, SINK_DIR, check=False).returncode == 0
+
+
+def maildir_has(instance, user, tok):
+    return instance.run("grep", "-rlF", tok, "/home/%s/Maildir/new" % user, check=False).returncode == 0
+
+
+def assert_refused(instance, outcome, tok):
+    assert outcome.stage != "sent", outcome
+    # Give a wrongly accepted message the time to arrive before saying it did not.
+    time.sleep(1)
+    assert not sink_has(instance, tok)
+
+
+def run_playbook(playbook, *extra):
+    env = dict(os.environ)
+    env["ANSIBLE_COLLECTIONS_PATH"] = os.path.join(ROOT, ".collections")
+    env["ANSIBLE_ROLES_PATH"] = os.path.join(ROOT, "roles")
+    env.setdefault("ANSIBLE_CONFIG", os.path.join(ROOT, "ansible.cfg"))
+    proc = subprocess.run(
+        [shutil.which("ansible-playbook") or "ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+         playbook, *extra],
+        env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    return proc
+
+
+# ---------------------------------------------------------------- port 25
+
+def test_25_offers_starttls_with_tls12_or_newer(instance):
+    client = smtp.connect(instance.port(25))
+    try:
+        assert client.has_extn("starttls")
+        client.starttls(context=smtp.tls_context())
+        assert client.sock.version() in ("TLSv1.2", "TLSv1.3")
+    finally:
+        client.close()
+
+
+def test_25_refuses_tls11(instance):
+    # The client allows anything down to SSLv3-era ciphers; only the server can say no.
+    ctx = smtp.tls_context(minimum=ssl.TLSVersion.TLSv1, maximum=ssl.TLSVersion.TLSv1_1)
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    client = smtp.connect(instance.port(25))
+    try:
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            client.starttls(context=ctx)
+    finally:
+        client.close()
+
+
+def test_25_tls_seen_by_openssl(instance):
+    proc = subprocess.run(
+        ["openssl", "s_client", "-connect", "127.0.0.1:%d" % instance.port(25), "-starttls", "smtp",
+         "-brief"], input="QUIT\n", capture_output=True, text=True, timeout=30, check=False)
+    out = proc.stdout + proc.stderr
+    assert "Protocol version: TLSv1.3" in out or "Protocol version: TLSv1.2" in out, out
+
+
+def test_25_delivers_to_a_local_user(instance):
+    tok = token()
+    out = smtp.attempt(instance.port(25), "bob@example.test", "alice@example.test", tok, starttls=True)
+    assert out.stage == "sent", out
+    assert smtp.wait_for(lambda: maildir_has(instance, "alice", tok), timeout=30)
+
+
+def test_25_refuses_unknown_local_user(instance):
+    out = smtp.attempt(instance.port(25), "bob@example.test", "nobody-here@example.test", token())
+    assert out.stage == "rcpt" and out.code == 550, out
+
+
+@pytest.mark.parametrize("starttls", [False, True], ids=["plain", "starttls"])
+def test_25_is_not_a_relay(instance, starttls):
+    tok = token()
+    out = smtp.attempt(instance.port(25), "alice@example.test", "victim@sink.test", tok, starttls=starttls)
+    assert out.stage == "rcpt" and out.code == 554 and "Relay access denied" in out.text, out
+    assert_refused(instance, out, tok)
+
+
+def test_25_with_a_listed_certificate_is_still_not_a_relay(instance, ephemeral_dir):
+    cert, key = client_files(ephemeral_dir, "alice-laptop")
+    tok = token()
+    out = smtp.attempt(instance.port(25), "alice@example.test", "victim@sink.test", tok,
+                       starttls=True, cert=cert, key=key)
+    assert out.stage == "rcpt" and out.code == 554, out
+    assert_refused(instance, out, tok)
+
+
+def test_25_refuses_unauthorised_pipelining(instance):
+    with socket.create_connection(("127.0.0.1", instance.port(25)), timeout=20) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"220")
+        sock.sendall(b"EHLO client.example.test\r\nMAIL FROM:<bob@example.test>\r\n")
+        replies = b""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            line = reader.readline()
+            if not line:
+                break
+            replies += line
+            if line[:4] in (b"554 ", b"250 ") and b"MAIL" not in line and line.startswith(b"554"):
+                break
+        assert b"554 5.5.0" in replies and b"synchronization" in replies, replies
+
+
+def test_25_limits_concurrent_connections_per_client(instance):
+    # converge.yml sets smtpd_client_connection_count_limit = 8 for this test.
+    port = instance.port(25)
+    socks, greetings = [], []
+    try:
+        for _ in range(10):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+            socks.append(sock)
+            greetings.append(sock.makefile("rb").readline())
+            time.sleep(0.2)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert all(g.startswith(b"220") for g in greetings[:8]), greetings
+    assert any(g.startswith(b"421") and b"too many connections" in g.lower() for g in greetings[8:]), greetings
+
+
+# --------------------------------------------------------------- port 465
+
+def test_465_relays_for_a_listed_certificate(instance, ephemeral_dir):
+    cert, key = client_files(ephemeral_dir, "alice-laptop")
+    tok = token()
+    out = smtp.attempt(instance.port(465), "alice@example.test", "friend@sink.test", tok,
+                       implicit_tls=True, cert=cert, key=key)
+    assert out.stage == "sent", out
+    assert smtp.wait_for(lambda: sink_has(instance, tok), timeout=30)
+
+
+def test_465_certificate_may_send_only_as_its_own_address(instance, ephemeral_dir):
+    cert, key = client_files(ephemeral_dir, "alice-laptop")
+    tok = token()
+    out = smtp.attempt(instance.port(465), "bob@example.test", "friend@sink.test", tok,
+                       implicit_tls=True, cert=cert, key=key)
+    assert out.stage in ("mail", "rcpt") and out.code == 554, out
+    assert "not owned by this client certificate" in out.text, out
+    assert_refused(instance, out, tok)
+
+
+@pytest.mark.parametrize("client", [None, "alice-foreign", "alice-expired"],
+                         ids=["no-certificate", "foreign-ca", "expired"])
+def test_465_refuses_other_clients(instance, ephemeral_dir, client):
+    cert, key = client_files(ephemeral_dir, client) if client else (None, None)
+    tok = token()
+    out = smtp.attempt(instance.port(465), "alice@example.test", "friend@sink.test", tok,
+                       implicit_tls=True, cert=cert, key=key)
+    assert_refused(instance, out, tok)
+
+
+def test_465_revoked_certificate_stops_relaying(instance, ephemeral_dir, tmp_path):
+    """Issue a fresh certificate, see it relay, revoke it, see it refused."""
+    ca = CertificateAuthority(os.path.join(ephemeral_dir, "ca"), CA_PASSPHRASE)
+    device = "revoke-%s-%s" % (instance.platform, token()[:8])
+    issued = ca.issue("alice@example.test", "Alice", device)
+    cert, key = tmp_path / "c.crt", tmp_path / "c.key"
+    cert.write_bytes(issued.cert_pem)
+    key.write_bytes(issued.key_pem)
+    key.chmod(0o600)
+    scenario = os.environ["MOLECULE_SCENARIO_DIRECTORY"]
+    limit = ["--limit", instance.name]
+    run_playbook(os.path.join(scenario, "push_client_certs.yml"), *limit)
+
+    tok = token()
+    out = smtp.attempt(instance.port(465), "alice@example.test", "friend@sink.test", tok,
+                       implicit_tls=True, cert=str(cert), key=str(key))
+    assert out.stage == "sent", out
+    assert smtp.wait_for(lambda: sink_has(instance, tok), timeout=30)
+
+    # The operator's playbook: revoke on the controller's CA, push to group mailhosts.
+    mailhosts = tmp_path / "mailhosts.yml"
+    mailhosts.write_text("mailhosts:\n  hosts:\n    %s: {}\n" % instance.name)
+    run_playbook(os.path.join(ROOT, "playbooks", "revoke_cert.yml"), "-i", str(mailhosts),
+                 "--limit", "localhost,%s" % instance.name,
+                 "-e", "hardened_ca_dir=%s" % os.path.join(ephemeral_dir, "ca"),
+                 "-e", "hardened_ca_passphrase=%s" % CA_PASSPHRASE, "-e", "cert_serial=%s" % issued.serial)
+    assert [c["state"] for c in ca.info()["certificates"] if c["serial"] == issued.serial] == ["revoked"]
+
+    tok = token()
+    out = smtp.attempt(instance.port(465), "alice@example.test", "friend@sink.test", tok,
+                       implicit_tls=True, cert=str(cert), key=str(key))
+    assert_refused(instance, out, tok)
+
+
+# ------------------------------------------------ app passwords (Dovecot SASL)
+
+def app_password(ephemeral_dir, instance, user, device):
+    with open(os.path.join(ephemeral_dir, "app-%s-%s-%s" % (instance.name, user, device)), encoding="utf-8") as handle:
+        return handle.read().strip()
+
+
+def test_465_relays_with_the_right_app_password(instance, ephemeral_dir):
+    tok = token()
+    login = ("bob+phone", app_password(ephemeral_dir, instance, "bob", "phone"))
+    out = smtp.attempt(instance.port(465), "bob@example.test", "friend@sink.test", tok,
+                       implicit_tls=True, login=login)
+    assert out.stage == "sent", out
+    assert smtp.wait_for(lambda: sink_has(instance, tok), timeout=30)
+
+
+def test_465_refuses_a_wrong_app_password(instance, ephemeral_dir):
+    tok = token()
+    wrong = app_password(ephemeral_dir, instance, "bob", "phone")[::-1]
+    out = smtp.attempt(instance.port(465), "bob@example.test", "friend@sink.test", tok,
+                       implicit_tls=True, login=("bob+phone", wrong))
+    assert out.stage == "auth" and out.code == 535, out
+    assert_refused(instance, out, tok)
+
+
+def test_465_app_password_may_send_only_as_its_user(instance, ephemeral_dir):
+    tok = token()
+    login = ("bob+phone", app_password(ephemeral_dir, instance, "bob", "phone"))
+    out = smtp.attempt(instance.port(465), "alice@example.test", "friend@sink.test", tok,
+                       implicit_tls=True, login=login)
+    assert out.stage in ("mail", "rcpt") and out.code == 553 and "not owned by user bob" in out.text, out
+    assert_refused(instance, out, tok)
+
+
+def test_25_never_offers_auth(instance):
+    client = smtp.connect(instance.port(25), starttls=True)
+    try:
+        assert not client.has_extn("auth")
+    finally:
+        client.close()
+
+
+def test_465_removed_app_password_is_refused(instance, ephemeral_dir):
+    device = "gone%s" % token()[:6]
+
+    def app_password_task(state):
+        proc = subprocess.run(
+            [shutil.which("ansible") or "ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], instance.name,
+             "-m", "hardened.mailhost.app_password", "-a", "user=bob device=%s state=%s" % (device, state),
+             "-o"],
+            env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".collections")),
+            capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return proc.stdout
+
+    out = app_password_task("present")
+    password = re.search(r'"password":\s*"([^"]+)"', out).group(1)
+    login = ("bob+%s" % device, password)
+    tok = token()
+    sent = smtp.attempt(instance.port(465), "bob@example.test", "friend@sink.test", tok,
+                        implicit_tls=True, login=login)
+    assert sent.stage == "sent", sent
+
+    app_password_task("absent")
+    tok = token()
+    refused = smtp.attempt(instance.port(465), "bob@example.test", "friend@sink.test", tok,
+                           implicit_tls=True, login=login)
+    assert refused.stage == "auth" and refused.code == 535, refused
+    assert_refused(instance, refused, tok)
