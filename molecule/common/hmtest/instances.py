@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import re
 import subprocess
 
 import testinfra
@@ -63,16 +64,12 @@ class Instance:
 
 
 def load_instances():
-    """Instances listed in Molecule's inventory, with their platform group."""
+    """Instances listed in Molecule's inventory; the platform is the name's suffix."""
     path = os.environ["MOLECULE_INVENTORY_FILE"]
     with open(path, encoding="utf-8") as handle:
         inventory = yaml.safe_load(handle)
-    groups = {}
-    for group, data in (inventory.get("all", {}).get("children") or {}).items():
-        for name in (data or {}).get("hosts") or {}:
-            groups.setdefault(name, []).append(group)
     instances = []
     for name in sorted(inventory["all"]["hosts"]):
-        platform = next((g for g in groups.get(name, []) if g.startswith("debian")), name)
-        instances.append(Instance(name, platform))
+        match = re.search(r"(debian\d+)$", name)
+        instances.append(Instance(name, match.group(1) if match else name))
     return instances

@@ -29,9 +29,13 @@ def _transport(port, host="127.0.0.1", timeout=15):
 def _run_and_close(transport, command):
     if command is None or not transport.is_authenticated():
         return None
-    chan = transport.open_session(timeout=15)
+    # The first session of a user starts its systemd user manager, which can
+    # take several seconds in a container.
+    chan = transport.open_session(timeout=60)
     chan.exec_command(command)
     out = chan.makefile("r").read()
+    if isinstance(out, bytes):
+        out = out.decode("utf-8", "replace")
     chan.recv_exit_status()
     return out
 
@@ -88,7 +92,7 @@ def password_login(port, user, password, host="127.0.0.1"):
     transport = _transport(port, host)
     try:
         try:
-            transport.auth_password(user, password)
+            transport.auth_password(user, password, fallback=False)
         except paramiko.BadAuthenticationType as exc:
             return LoginResult(False, [], repr(exc), exc.allowed_types)
         except paramiko.AuthenticationException as exc:

@@ -1,0 +1,212 @@
+"""SSH logins against the hardened sshd, from the host through 127.0.0.1.
+
+Each case uses its own account (see prepare_tasks.yml): the TOTP module
+rate-limits per user and remembers used codes.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pyotp
+import pytest
+
+from hmtest import ssh
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def password(user):
+    return "pw-%s-Secret1" % user
+
+
+def totp(instance, user):
+    first_line = instance.run("head", "-n1", "/home/%s/.google_authenticator" % user).stdout.strip()
+    return pyotp.TOTP(first_line)
+
+
+def unused_code(generator):
+    """A six-digit code that is wrong in every step the server could accept."""
+    now = time.time()
+    valid = {generator.at(now + 30 * step) for step in range(-5, 6)}
+    candidate = int(generator.now())
+    while "%06d" % candidate in valid:
+        candidate = (candidate + 7919) % 1000000
+    return "%06d" % candidate
+
+
+@pytest.fixture(scope="module")
+def port(instance):
+    return instance.port(22)
+
+
+def test_key_login_works(instance, port, ephemeral_dir):
+    result, out = ssh.key_login(port, "keyuser", os.path.join(ephemeral_dir, "id_ed25519"))
+    assert result.ok, result
+    assert out.strip() == "keyuser"
+
+
+def test_code_and_password_log_in(instance, port):
+    code = totp(instance, "alice").now()
+    result, out = ssh.interactive_login(port, "alice", {"verification code": code, "password": password("alice")})
+    assert result.ok, result
+    assert out.strip() == "alice"
+    # The code is asked first, then the password.
+    assert "verification code" in result.prompts[0].lower()
+    assert "password" in result.prompts[-1].lower()
+
+
+def test_right_password_wrong_code_fails(instance, port):
+    code = unused_code(totp(instance, "bob"))
+    result, _ = ssh.interactive_login(port, "bob", {"verification code": code, "password": password("bob")})
+    assert not result.ok, result
+
+
+def test_right_code_wrong_password_fails(instance, port):
+    code = totp(instance, "carol").now()
+    result, _ = ssh.interactive_login(port, "carol", {"verification code": code, "password": "not-" + password("carol")})
+    assert not result.ok, result
+
+
+def test_password_alone_fails(instance, port):
+    # The plain "password" method is not even offered ...
+    result = ssh.password_login(port, "dave", password("dave"))
+    assert not result.ok, result
+    assert "password" not in (result.allowed or []), result
+    assert "keyboard-interactive" in (result.allowed or []), result
+    # ... and keyboard-interactive with the password but no code fails.
+    result, _ = ssh.interactive_login(port, "dave", {"verification code": "", "password": password("dave")})
+    assert not result.ok, result
+    assert any("verification code" in p.lower() for p in result.prompts), result
+
+
+def test_replayed_code_fails(instance, port):
+    code = totp(instance, "erin").now()
+    answers = {"verification code": code, "password": password("erin")}
+    first, _ = ssh.interactive_login(port, "erin", answers)
+    assert first.ok, first
+    second, _ = ssh.interactive_login(port, "erin", answers)
+    assert not second.ok, second
+
+
+def test_user_without_secret_fails(instance, port):
+    assert not instance.host.file("/home/frank/.google_authenticator").exists
+    result, _ = ssh.interactive_login(port, "frank", {"verification code": "123456", "password": password("frank")})
+    assert not result.ok, result
+
+
+def _login_from_inside(instance, user, answers):
+    """Log in from inside the container to its own (trusted) address.
+
+    The same client code runs there with Debian's paramiko.
+    """
+    client = os.path.join(HERE, "..", "..", "common", "hmtest", "ssh.py")
+    subprocess.run(["podman", "cp", client, "%s:/tmp/hm_ssh.py" % instance.name], check=True)
+    script = (
+        "import sys; sys.path.insert(0, '/tmp'); import hm_ssh, json\n"
+        "r, out = hm_ssh.interactive_login(22, %r, %r, host=%r)\n"
+        "print(json.dumps({'ok': r.ok, 'prompts': r.prompts, 'out': out}))\n" % (user, answers, instance.address)
+    )
+    return json.loads(instance.run("python3", "-c", script).stdout)
+
+
+def test_trusted_network_skips_the_code(instance):
+    result = _login_from_inside(instance, "grace", {"password": password("grace")})
+    assert result["ok"], result
+    assert result["out"].strip() == "grace"
+    assert not any("verification code" in p.lower() for p in result["prompts"]), result
+
+
+def test_trusted_network_still_needs_the_password(instance):
+    result = _login_from_inside(instance, "grace", {"password": "not-" + password("grace")})
+    assert not result["ok"], result
+
+
+def test_other_network_must_give_the_code(instance, port):
+    # From the host the login arrives from the podman gateway: not trusted.
+    result, _ = ssh.interactive_login(port, "ivan", {"password": password("ivan")})
+    assert not result.ok, result
+    assert any("verification code" in p.lower() for p in result.prompts), result
+
+
+def test_ssh_audit_reports_no_failures(instance, port):
+    proc = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "ssh-audit"), "-j", "-p", str(port), "127.0.0.1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    report = json.loads(proc.stdout)
+    failures = [
+        "%s %s: %s" % (kind, item.get("algorithm"), item["notes"]["fail"])
+        for kind in ("kex", "key", "enc", "mac")
+        for item in report.get(kind, [])
+        if item.get("notes", {}).get("fail")
+    ]
+    assert failures == []
+    kex = [item["algorithm"] for item in report["kex"]]
+    expected_first = "mlkem768x25519-sha256" if instance.platform == "debian13" else "sntrup761x25519-sha512@openssh.com"
+    assert kex[0] == expected_first
+    offered = {item["algorithm"] for kind in ("kex", "key") for item in report.get(kind, [])}
+    assert not [a for a in offered if "nistp" in a or a in ("ssh-rsa", "ssh-dss")]
+    assert not [m["algorithm"] for m in report["mac"] if not m["algorithm"].endswith("-etm@openssh.com")]
+
+
+def test_files_and_effective_config(instance):
+    host = instance.host
+    secret = host.file("/home/alice/.google_authenticator")
+    assert secret.user == "alice" and secret.mode == 0o400
+    pam = host.file("/etc/pam.d/sshd").content_string
+    assert pam.index("pam_google_authenticator.so") < pam.index("@include common-auth")
+    assert "nullok" not in pam
+    trusted = host.file("/etc/security/hardened-mailhost-sshd-trusted.conf").content_string
+    assert trusted.strip().splitlines()[-1] == "- : ALL : ALL"
+    effective = host.run("sshd -T -C user=alice,host=x,addr=192.0.2.1").stdout.splitlines()
+    assert "passwordauthentication no" in effective
+    assert "permitrootlogin without-password" in effective or "permitrootlogin prohibit-password" in effective
+
+
+def _converge(*extra_args):
+    scenario = os.path.dirname(HERE)
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"]),
+         os.path.join(scenario, "converge.yml"), *extra_args],
+        capture_output=True, text=True, timeout=600,
+    )
+    # Messages are folded over several lines in the YAML callback output.
+    proc.flat = " ".join((proc.stdout + proc.stderr).replace("'", " ").split())
+    return proc
+
+
+def test_refuses_to_require_a_code_a_user_cannot_give(instance):
+    """Enrolment off and a listed user without a secret: fail, change nothing."""
+    if instance.platform != "debian12":
+        pytest.skip("one run covers both platforms")
+    before = {i.name: i.host.file("/etc/pam.d/sshd").sha256sum for i in [instance]}
+    proc = _converge("--limit", instance.name, "-e", '{"sshd_2fa_enroll": false, "sshd_2fa_users": ["alice", "frank"]}')
+    assert proc.returncode != 0
+    assert "have no ~/.google_authenticator: frank" in proc.flat
+    assert "changed=0" in proc.stdout[proc.stdout.rindex("PLAY RECAP"):]
+    assert before == {i.name: i.host.file("/etc/pam.d/sshd").sha256sum for i in [instance]}
+    assert not instance.host.file("/home/frank/.google_authenticator").exists
+
+
+def test_refuses_unknown_user_and_bad_network(instance):
+    if instance.platform != "debian13":
+        pytest.skip("one run covers both platforms")
+    proc = _converge("--limit", instance.name, "-e", '{"sshd_2fa_users": ["alice", "nosuchuser"]}')
+    assert proc.returncode != 0 and "do not exist" in proc.flat and "nosuchuser" in proc.flat
+    proc = _converge("--limit", instance.name, "-e", '{"sshd_2fa_trusted_networks": ["10.0.0.0/8; rm -rf /"]}')
+    assert proc.returncode != 0 and "are not: 10.0.0.0/8; rm -rf /" in proc.flat
+
+
+def test_second_converge_after_real_logins_changes_nothing(instance):
+    """The PAM module rewrites ~/.google_authenticator at each login; that is not drift."""
+    if instance.platform != "debian12":
+        pytest.skip("one run covers both platforms")
+    proc = _converge()
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    recap = proc.stdout[proc.stdout.rindex("PLAY RECAP"):]
+    changed = [int(n) for n in re.findall(r"changed=(\d+)", recap)]
+    assert changed and not any(changed), recap
