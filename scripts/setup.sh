@@ -71,7 +71,12 @@ for c in "${wanted_collections[@]}"; do
 done
 ln -sfn "$HM_ROOT" .collections/ansible_collections/hardened/mailhost
 
-mkdir -p "$HM_CACHE_DIR/apt/debian12/archives" "$HM_CACHE_DIR/apt/debian12/lists" \
-    "$HM_CACHE_DIR/apt/debian13/archives" "$HM_CACHE_DIR/apt/debian13/lists"
+for scenario_dir in molecule/*/ demo/; do
+    s=$(basename "$scenario_dir")
+    [ "$s" = common ] && continue
+    for p in debian12 debian13; do
+        mkdir -p "$HM_CACHE_DIR/apt/$s/$p/archives/partial" "$HM_CACHE_DIR/apt/$s/$p/lists/partial"
+    done
+done
 "$here/build-images.sh"
 log "ready: . scripts/env.sh puts the venv and collections on your path"
