@@ -210,3 +210,42 @@ def test_second_converge_after_real_logins_changes_nothing(instance):
     recap = proc.stdout[proc.stdout.rindex("PLAY RECAP"):]
     changed = [int(n) for n in re.findall(r"changed=(\d+)", recap)]
     assert changed and not any(changed), recap
+
+
+def test_enroll_playbook_shows_a_code_once_and_rotates(instance, ephemeral_dir):
+    """playbooks/enroll_totp.yml: QR files in a 0700 folder, terminal QR, nothing new on rerun."""
+    if instance.platform != "debian13":
+        pytest.skip("one run covers both platforms")
+    playbook = os.path.join(HERE, "..", "..", "..", "playbooks", "enroll_totp.yml")
+    dest = os.path.join(ephemeral_dir, "enroll-judy")
+
+    def enroll(*extra):
+        proc = subprocess.run(
+            ["ansible-playbook", "-i", os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"]), playbook,
+             "-e", "target=" + instance.name, "-e", "sshd_2fa_enroll_dest=" + dest,
+             "-e", '{"sshd_2fa_users": ["judy"], "sshd_2fa_totp_scratch_codes": 4}', *extra],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+        return proc
+
+    first = enroll()
+    secret_file = "/home/judy/.google_authenticator"
+    secret = instance.run("head", "-n1", secret_file).stdout.strip()
+    assert os.stat(dest).st_mode & 0o777 == 0o700
+    assert sorted(os.listdir(dest)) == ["judy-recovery.txt", "judy.png", "judy.svg"]
+    assert all(os.stat(os.path.join(dest, f)).st_mode & 0o777 == 0o600 for f in os.listdir(dest))
+    assert "\u2580" in first.stdout or "\u2584" in first.stdout or "\u2588" in first.stdout  # the terminal QR
+    assert secret not in first.stdout and secret not in first.stderr
+    with open(os.path.join(dest, "judy-recovery.txt"), encoding="utf-8") as sheet:
+        codes = [line.strip() for line in instance.run("cat", secret_file).stdout.splitlines()[1:] if line.strip().isdigit()]
+        text = sheet.read().replace(" ", "")
+    assert len(codes) == 4 and all(code in text for code in codes)
+
+    again = enroll()
+    recap = again.stdout[again.stdout.rindex("PLAY RECAP"):]
+    assert not any(int(n) for n in re.findall(r"changed=(\d+)", recap)), recap
+    assert "\u2580" not in again.stdout and "\u2584" not in again.stdout
+
+    enroll("-e", "sshd_2fa_totp_rotate=true")
+    assert instance.run("head", "-n1", secret_file).stdout.strip() != secret
