@@ -99,7 +99,7 @@ def crypt(phrase, setting):
 
 def make_salt(length=SALT_LENGTH):
     """A random crypt salt from the 64-character crypt alphabet."""
-    return "".join(secrets.choice(SALT_ALPHABET) for _ in range(length))
+    return "".join(secrets.choice(SALT_ALPHABET) for _position in range(length))
 
 
 def sha512_crypt(password, salt=None, rounds=None):

@@ -47,7 +47,7 @@ class PinPolicyError(ValueError):
 
 def _ndbm():
     try:
-        import dbm.ndbm as ndbm
+        from dbm import ndbm
     except ImportError:
         raise UserDBError(
             "this Python has no dbm.ndbm module; use Debian's /usr/bin/python3, "
@@ -102,7 +102,7 @@ class PinPolicy:
         alphabet = "0123456789" if self.digits_only else (
             "23456789abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ")
         for _attempt in range(100):
-            pin = "".join(secrets.choice(alphabet) for _ in range(length))
+            pin = "".join(secrets.choice(alphabet) for _position in range(length))
             if not (self.refuse_trivial and _trivial(pin)):
                 return pin
         raise PinPolicyError("could not generate a PIN that passes the policy")  # pragma: no cover

@@ -27,17 +27,20 @@ description:
     Meant to run on the controller (C(delegate_to: localhost)); needs the Python library
     C(segno) there.
 author:
-  - hardened.mailhost developers
+  - hardened.mailhost developers (!UNKNOWN)
 requirements:
   - segno (on the host that runs the module, normally the controller)
 attributes:
   check_mode:
+    description: Whether the module can run in check mode, reporting what would change without changing anything.
     support: full
     details: Reports what would change; writes nothing and returns no RV(terminal).
   diff_mode:
+    description: Whether the module returns a before/after difference in diff mode.
     support: none
     details: The files hold secrets; no diff is produced.
   idempotent:
+    description: Whether a second run with the same arguments reports no change.
     support: partial
     details: With O(force=true) the files are rewritten and a change is reported every run.
 options:

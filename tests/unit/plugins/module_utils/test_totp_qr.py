@@ -35,9 +35,9 @@ def expected_matrix(uri):
 def with_border(matrix, border):
     width = len(matrix) + 2 * border
     blank = [False] * width
-    return ([blank[:] for _ in range(border)]
+    return ([blank[:] for _row in range(border)]
             + [[False] * border + row + [False] * border for row in matrix]
-            + [blank[:] for _ in range(border)])
+            + [blank[:] for _row in range(border)])
 
 
 def read_png_gray1(data):
@@ -47,8 +47,8 @@ def read_png_gray1(data):
     while pos < len(data):
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
         body = data[pos + 8:pos + 8 + length]
-        assert zlib.crc32(kind + body) == struct.unpack(">I", data[pos + 8 + length:
-                                                                    pos + 12 + length])[0]
+        crc = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0]
+        assert zlib.crc32(kind + body) == crc
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", body)
         elif kind == b"IDAT":
@@ -102,7 +102,7 @@ def svg_modules(text):
     size = int(re.search(r'width="(\d+)"', text).group(1)) // SCALE
     assert 'transform="scale(%d)"' % SCALE in text
     path = re.search(r' d="([^"]+)"', text).group(1)
-    grid = [[False] * size for _ in range(size)]
+    grid = [[False] * size for _row in range(size)]
     x = y = 0.0
     for op, args in re.findall(r"([MmHhVv])([-0-9. ]+)", path):
         nums = [float(n) for n in args.split()]

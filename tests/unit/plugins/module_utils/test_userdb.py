@@ -13,7 +13,7 @@ needs_db_dump = pytest.mark.skipif(shutil.which("db_dump") is None, reason="db-u
 def db_dump(filename):
     """Entries as read by Berkeley DB's own db_dump (an independent reader)."""
     out = subprocess.run(["db_dump", "-p", filename], capture_output=True, text=True, check=True).stdout
-    header, _, body = out.partition("HEADER=END\n")
+    header, _sep, body = out.partition("HEADER=END\n")
     assert "type=hash" in header
     lines = [line[1:] for line in body.split("DATA=END")[0].splitlines()]
     return dict(zip(lines[0::2], lines[1::2]))
@@ -93,7 +93,7 @@ def test_generate_returns_pin_once_and_keeps_it(db):
 
 def test_generated_pins_pass_policy_and_differ():
     policy = _userdb.PinPolicy(min_length=6)
-    pins = {policy.generate(6) for _ in range(50)}
+    pins = {policy.generate(6) for _attempt in range(50)}
     assert len(pins) > 45
     for pin in pins:
         policy.check("alice", pin)

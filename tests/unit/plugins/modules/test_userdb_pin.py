@@ -18,7 +18,7 @@ def run_module(tmp_path, **args):
     args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".collections"))
     proc = subprocess.run([sys.executable, "-m", MODULE, str(args_file)],
-                          capture_output=True, text=True, env=env, timeout=60)
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
     out = proc.stdout
     return json.loads(out[out.index("{"):]), proc
 
@@ -29,14 +29,14 @@ def db(tmp_path):
 
 
 def test_present_then_idempotent(tmp_path, db):
-    first, _ = run_module(tmp_path, db=db, user="alice", pin="482916", _ansible_diff=True)
+    first, _proc = run_module(tmp_path, db=db, user="alice", pin="482916", _ansible_diff=True)
     assert first["changed"] and first["action"] == "created"
     assert first["diff"]["after"] == "alice: PIN set (new)\n"
     assert first["invocation"]["module_args"]["pin"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
     assert "482916" not in json.dumps(first)
     value = _userdb.UserDB(db).read()["alice"]
     assert value.startswith("$6$") and _crypt.verify("482916", value)
-    second, _ = run_module(tmp_path, db=db, user="alice", pin="482916")
+    second, _proc = run_module(tmp_path, db=db, user="alice", pin="482916")
     assert not second["changed"]
 
 
@@ -45,34 +45,34 @@ def test_policy_failure_is_clear_and_changes_nothing(tmp_path, db):
     assert proc.returncode != 0 and result["failed"]
     assert "digits 0-9 only" in result["msg"]
     assert not os.path.exists(db + ".db")
-    result, _ = run_module(tmp_path, db=db, user="alice", pin="4829", min_length=6)
+    result, _proc = run_module(tmp_path, db=db, user="alice", pin="4829", min_length=6)
     assert result["failed"] and "too short" in result["msg"]
-    result, _ = run_module(tmp_path, db=db, user="alice", pin="alice99", digits_only=False)
+    result, _proc = run_module(tmp_path, db=db, user="alice", pin="alice99", digits_only=False)
     assert result["failed"] and "user name" in result["msg"]
     assert not os.path.exists(db + ".db")
 
 
 def test_pin_and_generate_are_exclusive(tmp_path, db):
-    result, _ = run_module(tmp_path, db=db, user="alice", pin="482916", generate=True)
+    result, _proc = run_module(tmp_path, db=db, user="alice", pin="482916", generate=True)
     assert result["failed"] and "either pin or generate" in result["msg"]
     assert not os.path.exists(db + ".db")
-    ok, _ = run_module(tmp_path, db=db, user="alice", pin="482916", generate=False)
+    ok, _proc = run_module(tmp_path, db=db, user="alice", pin="482916", generate=False)
     assert ok["changed"]
 
 
 def test_generate_and_check_mode(tmp_path, db):
-    checked, _ = run_module(tmp_path, db=db, user="bob", generate=True, _ansible_check_mode=True)
+    checked, _proc = run_module(tmp_path, db=db, user="bob", generate=True, _ansible_check_mode=True)
     assert checked["changed"] and "pin" not in checked
     assert not os.path.exists(db + ".db")
-    made, _ = run_module(tmp_path, db=db, user="bob", generate=True, generate_length=10)
+    made, _proc = run_module(tmp_path, db=db, user="bob", generate=True, generate_length=10)
     assert made["changed"] and len(made["pin"]) == 10 and made["pin"].isdigit()
     assert _crypt.verify(made["pin"], _userdb.UserDB(db).read()["bob"])
-    again, _ = run_module(tmp_path, db=db, user="bob", generate=True)
+    again, _proc = run_module(tmp_path, db=db, user="bob", generate=True)
     assert not again["changed"] and "pin" not in again
 
 
 def test_absent(tmp_path, db):
     run_module(tmp_path, db=db, user="alice", pin="482916")
-    removed, _ = run_module(tmp_path, db=db, user="alice", state="absent")
+    removed, _proc = run_module(tmp_path, db=db, user="alice", state="absent")
     assert removed["changed"] and removed["action"] == "removed"
     assert _userdb.UserDB(db).read() == {}
