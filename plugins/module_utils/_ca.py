@@ -751,20 +751,26 @@ class CertificateAuthority:
     def crl_status(self, now=None):
         """What the current CRL says and whether it matches the index.
 
-        Keys: ``exists``, ``number``, ``last_update``, ``next_update``,
+        Keys: ``exists``, ``corrupt`` (unreadable file), ``number``, ``last_update``, ``next_update``,
         ``days_left`` (float), ``revoked_serials`` (sorted hex), ``missing``
         (revoked in the index but not in the CRL), ``signature_valid``.
         """
         now = now or utcnow()
         index = self._load_index()
         wanted = sorted(rec["serial"] for rec in index["certificates"] if rec["state"] == "revoked")
-        crl = self.load_crl()
-        if crl is None:
-            return {"exists": False, "number": None, "last_update": None, "next_update": None,
-                    "days_left": None, "revoked_serials": [], "missing": wanted,
-                    "signature_valid": False}
+        try:
+            crl = self.load_crl()
+        except CAError:
+            crl = False  # unreadable: derived data, re-signing repairs it
+        if crl is None or crl is False:  # (an empty CRL object is falsy)
+            return {"exists": crl is False, "corrupt": crl is False, "number": None,
+                    "last_update": None, "next_update": None, "days_left": None,
+                    "revoked_serials": [], "missing": wanted, "signature_valid": False}
         listed = sorted(serial_hex(entry.serial_number) for entry in crl)
-        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        try:
+            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        except x509.ExtensionNotFound:
+            number = None
         next_update = _crl_next_update(crl)
         try:
             valid = crl.is_signature_valid(self.certificate().public_key())
@@ -772,6 +778,7 @@ class CertificateAuthority:
             valid = False
         return {
             "exists": True,
+            "corrupt": False,
             "number": number,
             "last_update": _iso(_crl_last_update(crl)),
             "next_update": _iso(next_update) if next_update else None,
@@ -859,14 +866,14 @@ class CertificateAuthority:
 
     # ----------------------------------------------------------------- info
     def check(self):
-        """Open everything (key with the passphrase, certificate, index, CRL).
+        """Open the key (with the passphrase), the certificate and the index.
 
         Raises :class:`CAError` when any of it is missing, damaged or the
-        passphrase is wrong; returns ``ca_summary()``.
+        passphrase is wrong; returns ``ca_summary()``. The CRL is not checked
+        here: it is derived data that ``crl()`` rewrites (see ``crl_status``).
         """
         self._private_key()
         self._load_index()
-        self.load_crl()
         return self.ca_summary()
 
     def ca_summary(self, now=None):

@@ -88,6 +88,9 @@ crl:
     exists:
       description: Whether C(crl.pem) exists.
       type: bool
+    corrupt:
+      description: Whether C(crl.pem) exists but cannot be read (M(hardened.mailhost.client_crl) re-signs it).
+      type: bool
     number:
       description: CRL number.
       type: int

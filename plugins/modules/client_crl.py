@@ -172,6 +172,8 @@ def main():
             reasons.append("forced")
         if not before["exists"]:
             reasons.append("missing")
+        elif before.get("corrupt"):
+            reasons.append("unreadable")
         else:
             if before["missing"]:
                 reasons.append("lacks revoked serials %s" % ", ".join(before["missing"]))

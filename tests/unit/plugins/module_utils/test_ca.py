@@ -500,3 +500,15 @@ def test_parse_serial_and_time_helpers():
     assert stamp == datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     with pytest.raises(ValueError):
         _ca.parse_time("2030-01-02 03:04:05")
+
+
+def test_unreadable_crl_is_reported_and_repaired(ca):
+    with open(ca.path("crl.pem"), "w") as handle:
+        handle.write("-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n")
+    status = ca.crl_status()
+    assert status["exists"] and status["corrupt"] and not status["signature_valid"]
+    assert ca.check()["subject"]  # the CA itself is fine
+    repaired = ca.crl()
+    assert not repaired["corrupt"] and repaired["signature_valid"]
+    os.unlink(ca.path("crl.pem"))
+    assert ca.crl_status()["exists"] is False

@@ -254,6 +254,10 @@ def test_client_crl_refresh_rules(tmp_path, ca_dir):
     missing = run(tmp_path, "client_crl", **base)
     assert missing["changed"] and "missing" in missing["reasons"]
     assert (ca_dir / "crl.pem").exists()
+    (ca_dir / "crl.pem").write_text("-----BEGIN X509 CRL-----\ngarbage\n-----END X509 CRL-----\n")
+    repaired = run(tmp_path, "client_crl", **base)
+    assert repaired["changed"] and repaired["reasons"] == ["unreadable"]
+    assert repaired["crl"]["signature_valid"] and not repaired["crl"]["corrupt"]
     bad = run(tmp_path, "client_crl", next_update_days=5, min_valid_days=5, **base)
     assert bad["failed"] and "min_valid_days" in bad["msg"]
     wrong = run(tmp_path, "client_crl", ca_dir=str(ca_dir), passphrase="Not-The-Right-One")
