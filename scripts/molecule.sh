@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Run Molecule scenarios one after the other (2 cores: running them side by
-# side only makes each slower) and print a timing table and a closing count.
+# Run Molecule scenarios and print a timing table and a closing count.
 # Usage: scripts/molecule.sh [scenario ...]   (default: every scenario)
+# HM_MOLECULE_JOBS=N runs N scenarios side by side (default 2: most of a
+# scenario is waiting on package downloads, PAM failure delays and TLS
+# handshakes, so two fit on two cores). Each scenario's output goes to
+# $HM_CACHE_DIR/logs/<scenario>.log and is printed when it fails.
 set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -9,26 +12,62 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/env.sh"
 cd "$HM_ROOT"
 
+jobs=${HM_MOLECULE_JOBS:-2}
+logs="$HM_CACHE_DIR/logs"
+mkdir -p "$logs"
+
 scenarios=("$@")
 if [ ${#scenarios[@]} -eq 0 ]; then
-    # Order: cheap and foundational first, the whole-host story last.
-    for s in sshd_2fa sudo_pin ca postfix dovecot site; do
+    # Longest first, so the pool drains evenly.
+    for s in site postfix dovecot sudo_pin sshd_2fa ca; do
         [ -f "molecule/$s/molecule.yml" ] && scenarios+=("$s")
     done
 fi
 
-passed=0 failed=0 report=()
-for s in "${scenarios[@]}"; do
-    echo "==> molecule test -s $s"
-    t0=$SECONDS
-    if molecule test -s "$s"; then
-        passed=$((passed + 1)); verdict=passed
+run_one() {
+    local s=$1 t0=$SECONDS
+    if molecule test -s "$s" >"$logs/$s.log" 2>&1; then
+        echo "passed $((SECONDS - t0))" >"$logs/$s.result"
     else
-        failed=$((failed + 1)); verdict=FAILED
-        molecule destroy -s "$s" >/dev/null 2>&1 || true
+        molecule destroy -s "$s" >>"$logs/$s.log" 2>&1 || true
+        echo "FAILED $((SECONDS - t0))" >"$logs/$s.result"
     fi
-    report+=("$(printf '%-10s %-7s %4d s' "$s" "$verdict" $((SECONDS - t0)))")
+}
+
+start=$SECONDS
+running=0
+for s in "${scenarios[@]}"; do
+    rm -f "$logs/$s.result"
+    echo "==> molecule test -s $s (log: $logs/$s.log)"
+    run_one "$s" &
+    running=$((running + 1))
+    if [ "$running" -ge "$jobs" ]; then
+        wait -n
+        running=$((running - 1))
+    fi
 done
-printf '%s\n' "==> scenario times" "${report[@]}"
+wait
+
+passed=0 failed=0
+echo "==> scenario times"
+for s in "${scenarios[@]}"; do
+    read -r verdict secs <"$logs/$s.result" 2>/dev/null || { verdict=FAILED; secs=0; }
+    printf '%-10s %-7s %4d s\n' "$s" "$verdict" "$secs"
+    if [ "$verdict" = passed ]; then
+        passed=$((passed + 1))
+        # The verifier's own pytest summary, for the record.
+        sed 's/\x1b\[[0-9;]*m//g' "$logs/$s.log" | grep -E '=+ .*(passed|failed).* in [0-9.]+s' | tail -n 1 | sed 's/^[^=]*/           /'
+    else
+        failed=$((failed + 1))
+    fi
+done
+for s in "${scenarios[@]}"; do
+    read -r verdict _ <"$logs/$s.result" 2>/dev/null || verdict=FAILED
+    if [ "$verdict" != passed ]; then
+        echo "==> output of the failed scenario $s (last 300 lines)"
+        sed 's/\x1b\[[0-9;]*m//g' "$logs/$s.log" | tail -n 300
+    fi
+done
+echo "==> all scenarios took $((SECONDS - start)) s with $jobs side by side"
 echo "scenarios: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
