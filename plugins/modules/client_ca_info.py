@@ -17,15 +17,18 @@ description:
     entry per certificate in its index (state, expiry, days left, SHA-256 fingerprint).
   - Needs no passphrase and changes nothing. Contains no secret.
 author:
-  - hardened.mailhost developers
+  - hardened.mailhost developers (!UNKNOWN)
 extends_documentation_fragment:
   - hardened.mailhost.client_ca
 attributes:
   check_mode:
+    description: Whether the module can run in check mode, reporting what would change without changing anything.
     support: full
   diff_mode:
+    description: Whether the module returns a before/after difference in diff mode.
     support: none
   idempotent:
+    description: Whether a second run with the same arguments reports no change.
     support: full
 options:
   email:

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # -*- coding: utf-8 -*-
 # Copyright: hardened.mailhost developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -23,7 +22,7 @@ from ansible_collections.hardened.mailhost.plugins.module_utils._ca import (  # 
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--ca-dir", required=True)
     parser.add_argument("--passphrase-file", required=True)
     parser.add_argument("--days", type=int, default=None,

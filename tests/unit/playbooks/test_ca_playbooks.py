@@ -18,9 +18,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 PASS = "playbook test passphrase"
 
 
+def ca_dir_of(tmp_path):
+    return tmp_path / "home" / ".hardened-mailhost" / "ca"
+
+
 def playbook(tmp_path, name, **extra):
-    ca_dir = tmp_path / "home" / ".hardened-mailhost" / "ca"
-    extra_vars = dict(hardened_ca_dir=str(ca_dir), hardened_ca_passphrase=PASS)
+    extra_vars = dict(hardened_ca_dir=str(ca_dir_of(tmp_path)), hardened_ca_passphrase=PASS)
     extra_vars.update(extra)
     env = dict(os.environ,
                ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
@@ -31,13 +34,14 @@ def playbook(tmp_path, name, **extra):
         ["ansible-playbook", os.path.join(ROOT, "playbooks", name), "-e", json.dumps(extra_vars)],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert PASS not in proc.stdout + proc.stderr
-    return proc, ca_dir
+    return proc
 
 
 def test_issue_revoke_refresh(tmp_path):
     cert = dict(cert_email="Ann@Example.org", cert_name="Ann Example", cert_device="phone",
                 cert_bundle_keep_seconds=0)
-    issued, ca_dir = playbook(tmp_path, "issue_cert.yml", **cert)
+    issued = playbook(tmp_path, "issue_cert.yml", **cert)
+    ca_dir = ca_dir_of(tmp_path)
     assert issued.returncode == 0, issued.stdout + issued.stderr
     bundle = tmp_path / "home" / ".hardened-mailhost" / "bundles" / "ann@example.org_phone.p12"
     assert stat.S_IMODE(bundle.stat().st_mode) == 0o600
@@ -54,46 +58,48 @@ def test_issue_revoke_refresh(tmp_path):
     # same device again: clear message, nothing changed
     index_before = (ca_dir / "index.json").read_bytes()
     bundle.unlink()
-    again, _ = playbook(tmp_path, "issue_cert.yml", **cert)
+    again = playbook(tmp_path, "issue_cert.yml", **cert)
     assert again.returncode != 0
     assert "already has a valid certificate" in again.stdout
     assert (ca_dir / "index.json").read_bytes() == index_before and not bundle.exists()
 
     # bad device label
-    bad, _ = playbook(tmp_path, "issue_cert.yml", **dict(cert, cert_device="my phone"))
+    bad_request = dict(cert)
+    bad_request["cert_device"] = "my phone"
+    bad = playbook(tmp_path, "issue_cert.yml", **bad_request)
     assert bad.returncode != 0 and "device label" in bad.stdout
 
     # revoke by e-mail + device: gone from the Postfix map, listed in the CRL
-    revoked, _ = playbook(tmp_path, "revoke_cert.yml", cert_email="ann@example.org",
-                          cert_device="phone", cert_reason="key_compromise")
+    revoked = playbook(tmp_path, "revoke_cert.yml", cert_email="ann@example.org",
+                       cert_device="phone", cert_reason="key_compromise")
     assert revoked.returncode == 0, revoked.stdout + revoked.stderr
     assert "Revoked: " in revoked.stdout
     assert postfix_map.read_text() == ""
     crl_text = subprocess.run(["openssl", "crl", "-in", str(ca_dir / "crl.pem"), "-noout", "-text"],
                               capture_output=True, text=True, check=True).stdout
     assert "Key Compromise" in crl_text
-    unknown, _ = playbook(tmp_path, "revoke_cert.yml", cert_serial="ABCDEF12")
+    unknown = playbook(tmp_path, "revoke_cert.yml", cert_serial="ABCDEF12")
     assert unknown.returncode != 0 and "unknown to the CA" in unknown.stdout
 
     number = int(re.search(r"X509v3 CRL Number: *\n *(\d+)", crl_text).group(1))
-    refreshed, _ = playbook(tmp_path, "refresh_crl.yml")
+    refreshed = playbook(tmp_path, "refresh_crl.yml")
     assert refreshed.returncode == 0, refreshed.stdout + refreshed.stderr
     assert "CRL %d valid until" % (number + 1) in refreshed.stdout
 
 
 def test_bundle_removed_after_keep_time_and_on_request(tmp_path):
     cert = dict(cert_email="bob@example.org", cert_name="Bob", cert_device="laptop")
-    timed, ca_dir = playbook(tmp_path, "issue_cert.yml", cert_bundle_keep_seconds=1,
-                             cert_legacy_pkcs12=True, **cert)
+    timed = playbook(tmp_path, "issue_cert.yml", cert_bundle_keep_seconds=1,
+                     cert_legacy_pkcs12=True, **cert)
     assert timed.returncode == 0, timed.stdout + timed.stderr
     bundles = tmp_path / "home" / ".hardened-mailhost" / "bundles"
     assert "legacy 3DES" in timed.stdout and os.listdir(str(bundles)) == []
-    kept, _ = playbook(tmp_path, "issue_cert.yml", cert_bundle_keep_seconds=0,
-                       cert_replace=True, **cert)
+    kept = playbook(tmp_path, "issue_cert.yml", cert_bundle_keep_seconds=0,
+                    cert_replace=True, **cert)
     assert kept.returncode == 0 and "Replaced (revoked): " in kept.stdout
     assert os.listdir(str(bundles)) == ["bob@example.org_laptop.p12"]
-    removed, _ = playbook(tmp_path, "issue_cert.yml", cert_bundle_remove=True,
-                          cert_email="bob@example.org", cert_device="laptop")
+    removed = playbook(tmp_path, "issue_cert.yml", cert_bundle_remove=True,
+                       cert_email="bob@example.org", cert_device="laptop")
     assert removed.returncode == 0 and os.listdir(str(bundles)) == []
 
 
@@ -103,6 +109,6 @@ def test_bundle_removed_after_keep_time_and_on_request(tmp_path):
     ("refresh_crl.yml", dict(hardened_ca_passphrase=""), "Give the CA passphrase"),
 ])
 def test_playbooks_refuse_incomplete_requests(tmp_path, name, extra, message):
-    proc, ca_dir = playbook(tmp_path, name, **extra)
+    proc = playbook(tmp_path, name, **extra)
     assert proc.returncode != 0 and message in proc.stdout
-    assert not ca_dir.exists()
+    assert not ca_dir_of(tmp_path).exists()

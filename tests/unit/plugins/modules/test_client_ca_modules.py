@@ -210,10 +210,13 @@ def test_client_cert_revoke(tmp_path, ca_dir):
         (dict(email="ann@example.org"), "needs serial, or email and device"),
         (dict(serial="01", email="ann@example.org"), "not both"),
     ]:
-        result = run(tmp_path, "client_cert", **dict(base, **extra))
+        request = dict(base)
+        request.update(extra)
+        result = run(tmp_path, "client_cert", **request)
         assert result["failed"] and message in result["msg"], result["msg"]
-    wrong = run(tmp_path, "client_cert", check=True, **dict(
-        base, passphrase="Not-The-Right-One", email="ann@example.org", device="phone"))
+    request = dict(base)
+    request.update(passphrase="Not-The-Right-One", email="ann@example.org", device="phone")
+    wrong = run(tmp_path, "client_cert", check=True, **request)
     assert not wrong.get("failed") and not wrong["changed"]  # nothing to revoke, no key needed
     assert snapshot(ca_dir) == before
 
