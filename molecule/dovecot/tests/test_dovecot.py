@@ -6,10 +6,12 @@ the collection's CA (molecule/common/hmtest/pki.py, run in prepare).
 """
 
 import email.message
+import fcntl
 import json
 import os
 import smtplib
 import subprocess
+import sys
 import time
 import uuid
 
@@ -21,6 +23,23 @@ from hmtest.instances import load_instances
 APP_FILE = "/etc/dovecot/app-passwords"
 CA_FILE = "/etc/dovecot/client-ca-crl.pem"
 SCENARIO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+EXCLUSIVE_TESTS = ("test_ca_file_guard_and_revocation_through_the_ca_playbook",)
+
+
+@pytest.fixture(autouse=True)
+def _dovecot_reload_lock(request, ephemeral_dir):
+    """The verifier runs tests side by side; a Dovecot reload (CA file pushed)
+    drops logins in progress. The test that reloads runs alone: it takes this
+    lock exclusively, every other test shares it."""
+    mode = fcntl.LOCK_EX if request.node.originalname in EXCLUSIVE_TESTS else fcntl.LOCK_SH
+    with open(os.path.join(ephemeral_dir, "dovecot-test.lock"), "a") as handle:
+        fcntl.flock(handle, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="module")
@@ -234,36 +253,79 @@ def test_removed_app_password_is_refused(instance, server_pem, imaps):
     assert "alice+phone" in [e["login"] for e in removed["entries"]]
 
 
-# ------------------------------------------------------------- CRL guard
+# ------------------------------------------------- CA file: guard, revocation
+# One test, so that nothing else replaces the live CA file while it runs
+# (the verifier runs tests side by side).
 
-@pytest.mark.parametrize("bundle,expected", [
-    ("crl-soon.pem", "next update at"),
+GUARD_CASES = [
+    ("crl-soon.pem", "next update at"),  # CRL valid for one more day, margin 7
     ("no-crl.pem", "and 0 CRL(s)"),
     ("foreign-crl.pem", "not issued by the CA"),
-])
-def test_crl_guard_refuses_and_keeps_the_live_file(pki, bundle, expected):
+]
+
+
+def playbook(*args, inventories=()):
+    argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"]]
+    for extra in inventories:
+        argv += ["-i", extra]
+    proc = subprocess.run(argv + list(args), capture_output=True, text=True, timeout=600, check=False)
+    return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
+
+
+def _certificate_authority(pki):
+    sys.path.insert(0, os.environ["ANSIBLE_COLLECTIONS_PATH"])
+    from ansible_collections.hardened.mailhost.plugins.module_utils._ca import CertificateAuthority
+    from hmtest.pki import PASSPHRASE
+    return CertificateAuthority(os.path.join(pki, "ca"), PASSPHRASE), PASSPHRASE
+
+
+def test_ca_file_guard_and_revocation_through_the_ca_playbook(pki, tmp_path):
     instances = load_instances()
-    before = {i.name: i.run("sha256sum", CA_FILE).stdout for i in instances}
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         os.path.join(SCENARIO_DIR, "crl_guard.yml"),
-         "-e", "dovecot_client_ca_src=%s" % os.path.join(pki, "bundles", bundle),
-         "-e", "dovecot_crl_min_valid_days=7"],
-        capture_output=True, text=True, timeout=300, check=False)
-    out = " ".join((proc.stdout + proc.stderr).split())
-    assert proc.returncode != 0, out
-    assert "CRL guard" in out, out
-    assert " ".join(expected.split()) in out, out
-    assert "Nothing was changed" in out
-    for i in instances:
-        assert i.run("sha256sum", CA_FILE).stdout == before[i.name]
+    live = lambda: {i.name: i.run("sha256sum", CA_FILE).stdout for i in instances}  # noqa: E731
 
+    # 1. The CRL guard refuses bad bundles and leaves the live file alone.
+    before = live()
+    for bundle, expected in GUARD_CASES:
+        rc, out = playbook(os.path.join(SCENARIO_DIR, "crl_guard.yml"),
+                           "-e", "dovecot_client_ca_src=%s" % os.path.join(pki, "bundles", bundle),
+                           "-e", "dovecot_crl_min_valid_days=7")
+        assert rc != 0, (bundle, out)
+        assert "CRL guard" in out and expected in out and "Nothing was changed" in out, (bundle, out)
+        assert live() == before, bundle
 
-def test_crl_guard_passes_a_fresh_crl_without_change(pki):
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         os.path.join(SCENARIO_DIR, "crl_guard.yml"),
-         "-e", "dovecot_client_ca_src=%s" % os.path.join(pki, "ca", "export", "dovecot_ca_crl.pem")],
-        capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "changed=0" in proc.stdout and "failed=0" in proc.stdout, proc.stdout
+    # 2. The current export passes and changes nothing.
+    rc, out = playbook(os.path.join(SCENARIO_DIR, "crl_guard.yml"),
+                       "-e", "dovecot_client_ca_src=%s" % os.path.join(pki, "ca", "export", "dovecot_ca_crl.pem"))
+    assert rc == 0 and "changed=0" in out and "failed=0" in out, out
+
+    # 3. A new device certificate logs in; revoke_cert.yml revokes it, pushes
+    #    the new CRL through this role, and Dovecot refuses it from then on.
+    ca, passphrase = _certificate_authority(pki)
+    issued = ca.issue("bob@example.test", "Bob", "ipad-%d" % int(time.time()))
+    crt, key = tmp_path / "bob-ipad.crt", tmp_path / "bob-ipad.key"
+    crt.write_bytes(issued.cert_pem)
+    key.write_bytes(issued.key_pem)
+    key.chmod(0o600)
+    servers = {i.name: (i, i.run("cat", "/etc/ssl/hardened-mailhost/server.crt").stdout) for i in instances}
+    for inst, pem in servers.values():
+        result = imap.login_external(inst.port(993), imap.tls_context(pem, str(crt), str(key)))
+        assert result.ok, (inst.name, result)
+        result.close()
+    mailhosts = tmp_path / "mailhosts.yml"
+    mailhosts.write_text("mailhosts:\n  children:\n    hm_targets:\n")
+    vault = tmp_path / "vars.json"
+    vault.write_text(json.dumps({"hardened_ca_passphrase": passphrase}))
+    vault.chmod(0o600)
+    rc, out = playbook(os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "revoke_cert.yml"),
+                       "-e", "hardened_ca_dir=%s" % os.path.join(pki, "ca"), "-e", "@%s" % vault,
+                       "-e", "cert_serial=%s" % issued.serial, "-e", "cert_reason=key_compromise",
+                       inventories=[str(mailhosts)])
+    assert rc == 0, out
+    after = live()
+    for inst, pem in servers.values():
+        assert after[inst.name] != before[inst.name]
+        refused = imap.login_external(inst.port(993), imap.tls_context(pem, str(crt), str(key)))
+        assert not refused.ok, (inst.name, refused)
+        still = imap.login_external(inst.port(993), ctx_for(pki, pem, "bob-valid"))
+        assert still.ok, (inst.name, still)
+        still.close()
