@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # -*- coding: utf-8 -*-
 # Copyright: hardened.mailhost developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -8,9 +7,10 @@ Postfix can permit relaying by certificate fingerprint (``relay_clientcerts``)
 but has no built-in way to tie the MAIL FROM address to the certificate
 (``smtpd_sender_login_maps`` only knows SASL logins), and an access table may
 not name another table in its result. This small service closes both gaps.
-It is started by master(8) through ``spawn`` (one process per SMTP session,
-requests on stdin, answers on stdout) and reads the same text map the CA
-exports: ``<SHA-256 fingerprint AA:BB:..> <email>`` per valid certificate.
+It is started by master(8) through ``spawn`` as ``/usr/bin/python3 <this
+file>`` (one process per SMTP session, requests on stdin, answers on stdout)
+and reads the same text map the CA exports: ``<SHA-256 fingerprint AA:BB:..>
+<email>`` per valid certificate.
 
 For a client whose certificate fingerprint is listed it answers:
 
