@@ -282,7 +282,7 @@ class CertificateAuthority:
         self._key = None
         self._cert = None
         self._index_cache = None  # (stat signature, parsed index)
-        self._line_cache = {}  # index record -> its serialized line
+        self._line_cache = {}  # serial -> (index record, its serialized line)
 
     # ---------------------------------------------------------------- paths
     def path(self, *parts):
@@ -376,8 +376,10 @@ class CertificateAuthority:
 
     @staticmethod
     def _copy_index(index):
+        # Records are never changed in place (_mark_revoked replaces them),
+        # so a copy of the list is enough to keep the cached index intact.
         copy = dict(index)
-        copy["certificates"] = [dict(rec) for rec in index["certificates"]]
+        copy["certificates"] = list(index["certificates"])
         return copy
 
     def _save_index(self, index):
@@ -386,12 +388,11 @@ class CertificateAuthority:
         head = dict((k, v) for k, v in index.items() if k != "certificates")
         cache, lines = {}, []
         for rec in index["certificates"]:
-            # Records only change when revoked, so serial + state names a line.
-            key = (rec["serial"], rec["state"], rec["revoked_at"])
-            line = self._line_cache.get(key)
-            if line is None:
-                line = json.dumps(rec, sort_keys=True)
-            cache[key] = line
+            # The same record object has the same line (records are replaced,
+            # never changed); a record read back from disk is a new object.
+            hit = self._line_cache.get(rec["serial"])
+            line = hit[1] if hit is not None and hit[0] is rec else json.dumps(rec, sort_keys=True)
+            cache[rec["serial"]] = (rec, line)
             lines.append(line)
         self._line_cache = cache
         data = "%s, \"certificates\": [\n%s\n]}\n" % (
@@ -633,11 +634,11 @@ class CertificateAuthority:
 
     @staticmethod
     def _mark_revoked(index, serial, reason, now):
-        for rec in index["certificates"]:
+        certs = index["certificates"]
+        for position, rec in enumerate(certs):
             if rec["serial"] == serial:
-                rec["state"] = "revoked"
-                rec["revoked_at"] = _iso(now)
-                rec["revocation_reason"] = reason
+                certs[position] = dict(rec, state="revoked", revoked_at=_iso(now),
+                                       revocation_reason=reason)
                 return
         raise CAError("serial %s is not in the index" % serial)
 

@@ -512,3 +512,16 @@ def test_unreadable_crl_is_reported_and_repaired(ca):
     assert not repaired["corrupt"] and repaired["signature_valid"]
     os.unlink(ca.path("crl.pem"))
     assert ca.crl_status()["exists"] is False
+
+
+def test_cached_index_sees_changes_made_by_another_process(ca):
+    first = ca.issue("lea@example.org", "Lea", "phone")
+    other = CertificateAuthority(ca.ca_dir, PASS)
+    other.revoke(first.serial, reason="superseded")
+    ca.issue("lea@example.org", "Lea", "laptop")  # the first object writes the index again
+    with open(ca.path("index.json")) as handle:
+        records = {rec["serial"]: rec for rec in json.load(handle)["certificates"]}
+    assert records[first.serial]["state"] == "revoked"
+    assert records[first.serial]["revocation_reason"] == "superseded"
+    assert len(records) == 2
+    assert ca.crl_status()["revoked_serials"] == [first.serial]
