@@ -86,7 +86,7 @@ def login_name(user, device):
 def generate_password():
     """A random app password like ``k7mqz-4hxbd-pt9wa-3nrce`` (about 99 bits)."""
     return "-".join(
-        "".join(secrets.choice(ALPHABET) for _ in range(GROUP_LENGTH)) for _ in range(GROUPS))
+        "".join(secrets.choice(ALPHABET) for _position in range(GROUP_LENGTH)) for _group in range(GROUPS))
 
 
 def hash_password(password):

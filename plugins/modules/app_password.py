@@ -13,7 +13,7 @@ module: app_password
 short_description: Manage per-device mail app passwords in Dovecot's passwd-file
 version_added: 0.1.0
 description:
-  - Creates, lists and removes app passwords, one per user and device, for mail clients
+  - Creates and removes app passwords, one per user and device, for mail clients
     that cannot present a client certificate (SMTP submission through Dovecot SASL, and
     IMAP when the C(hardened.mailhost.dovecot) role allows it).
   - A new password is random (20 characters from a 31-letter alphabet in groups of five,
@@ -26,36 +26,38 @@ description:
   - The file is replaced atomically under a lock, owner C(root), group O(group), mode
     C(0640). A line the module does not understand is an error and nothing is changed.
 author:
-  - hardened.mailhost developers
+  - hardened.mailhost developers (@hardened-mailhost)
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Reports what would change; no password is generated or returned in check mode.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
     details: The diff lists login names only, never a password or a hash.
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: partial
     details: With O(regenerate=true) every run makes a new password and reports a change.
 options:
   user:
     description:
       - Linux account the app password belongs to. Must exist for O(state=present).
-      - Required unless O(state=list).
     type: str
+    required: true
   device:
     description:
       - Device label, 1-32 lower-case letters, digits, C(_), C(-) or C(.), starting with a
         letter or digit, for example V(phone) or V(laptop-2024). Part of the login name.
-      - Required unless O(state=list).
     type: str
+    required: true
   state:
     description:
-      - V(present) makes sure the device has a password, V(absent) removes it,
-        V(list) changes nothing and only returns RV(entries) (filtered by O(user) and
-        O(device) when given).
+      - V(present) makes sure the device has a password, V(absent) removes it.
+      - To list the devices without changing anything, use M(hardened.mailhost.app_password_info).
     type: str
-    choices: [present, absent, list]
+    choices: [present, absent]
     default: present
   regenerate:
     description:
@@ -80,6 +82,7 @@ notes:
     through a safe channel.
   - Runs as root on the managed host; needs only the Python standard library and libcrypt.
 seealso:
+  - module: hardened.mailhost.app_password_info
   - module: hardened.mailhost.client_cert
 """
 
@@ -113,18 +116,12 @@ EXAMPLES = r"""
     user: bob
     device: tablet
     state: absent
-
-- name: List every device of alice
-  hardened.mailhost.app_password:
-    user: alice
-    state: list
-  register: alice_devices
 """
 
 RETURN = r"""
 login:
   description: The user name the device logs in with, C(<user>+<device>).
-  returned: when O(state) is V(present) or V(absent)
+  returned: always
   type: str
   sample: alice+phone
 password:
@@ -136,8 +133,8 @@ password:
   sample: k7mqz-4hxbd-pt9wa-3nrce
 entries:
   description:
-    - The devices in the file after this run (in check mode, as it is now), filtered by
-      O(user) and O(device) when O(state=list). No passwords, no hashes.
+    - The devices in the file after this run (in check mode, as it is now). No passwords,
+      no hashes.
   returned: always
   type: list
   elements: dict
@@ -173,17 +170,13 @@ def _logins(store):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            user=dict(type="str"),
-            device=dict(type="str"),
-            state=dict(type="str", default="present", choices=["present", "absent", "list"]),
+            user=dict(type="str", required=True),
+            device=dict(type="str", required=True),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
             regenerate=dict(type="bool", default=False),
             passwd_file=dict(type="path", default=_app_password.DEFAULT_PATH, no_log=False),
             group=dict(type="str", default="dovecot"),
         ),
-        required_if=[
-            ("state", "present", ("user", "device")),
-            ("state", "absent", ("user", "device")),
-        ],
         supports_check_mode=True,
     )
     params = module.params
@@ -191,13 +184,6 @@ def main():
     state = params["state"]
     result = dict(changed=False, path=store.path)
     try:
-        if state == "list":
-            if params["user"] is not None:
-                _app_password.validate_user(params["user"], must_exist=False)
-            if params["device"] is not None:
-                _app_password.validate_device(params["device"])
-            result["entries"] = store.list(params["user"], params["device"])
-            module.exit_json(**result)
         before = _logins(store)
         user, device = params["user"], params["device"]
         result["login"] = _app_password.login_name(user, device)

@@ -11,17 +11,19 @@ import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
 MODULE = os.path.join(ROOT, "plugins", "modules", "app_password.py")
+INFO_MODULE = os.path.join(ROOT, "plugins", "modules", "app_password_info.py")
 ME = pwd.getpwuid(os.getuid()).pw_name
 MY_GROUP = grp.getgrgid(os.getgid()).gr_name
 
 
-def run(tmp_path, **args):
+def run(tmp_path, module=MODULE, **args):
     args.setdefault("passwd_file", str(tmp_path / "app-passwords"))
-    args.setdefault("group", MY_GROUP)
+    if module == MODULE:
+        args.setdefault("group", MY_GROUP)
     argfile = tmp_path / "args.json"
     argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".collections"))
-    proc = subprocess.run([sys.executable, MODULE, str(argfile)], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, module, str(argfile)], capture_output=True, text=True, env=env, check=False)
     return json.loads(proc.stdout)
 
 
@@ -39,11 +41,14 @@ def test_present_then_idempotent_then_absent(tmp_path):
     assert first["entries"] == [{"user": ME, "device": "phone", "login": ME + "+phone"}]
     again = run(tmp_path, user=ME, device="phone")
     assert again["changed"] is False and again["password"] is None
-    listed = run(tmp_path, state="list", user=ME)
+    run(tmp_path, user=ME, device="laptop")
+    listed = run(tmp_path, module=INFO_MODULE, user=ME)
     assert listed["changed"] is False
-    assert [e["login"] for e in listed["entries"]] == [ME + "+phone"]
+    assert [e["login"] for e in listed["entries"]] == [ME + "+laptop", ME + "+phone"]
+    assert "password" not in json.dumps(listed["entries"]) and "$6$" not in json.dumps(listed)
+    assert [e["device"] for e in run(tmp_path, module=INFO_MODULE, device="phone")["entries"]] == ["phone"]
     gone = run(tmp_path, user=ME, device="phone", state="absent")
-    assert gone["changed"] is True and gone["entries"] == []
+    assert gone["changed"] is True and [e["device"] for e in gone["entries"]] == ["laptop"]
     assert run(tmp_path, user=ME, device="phone", state="absent")["changed"] is False
 
 
@@ -75,3 +80,9 @@ def test_bad_input_fails_clearly(tmp_path):
 def test_password_option_is_not_accepted(tmp_path):
     result = run(tmp_path, user=ME, device="phone", password="chosen-by-me")
     assert result["failed"] is True and "password" in result["msg"]
+
+
+def test_info_on_a_missing_file_and_bad_filters(tmp_path):
+    assert run(tmp_path, module=INFO_MODULE)["entries"] == []
+    bad = run(tmp_path, module=INFO_MODULE, device="Not Valid")
+    assert bad["failed"] is True and "invalid device label" in bad["msg"]
