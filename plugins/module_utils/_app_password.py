@@ -213,7 +213,18 @@ class AppPasswordFile:
         return (info.st_mode & 0o7777) != self.mode or info.st_uid != self._uid() or info.st_gid != self._gid()
 
     def _write(self, entries):
+        try:
+            before = os.stat(self.path)
+        except FileNotFoundError:
+            before = None
         _fileutil.atomic_write(self.path, render(entries), mode=self.mode, uid=self._uid(), gid=self._gid())
+        # Dovecot rereads a passwd-file when its mtime (whole seconds) or size
+        # changed. A new hash has the old one's length, so a second write in the
+        # same second would look unchanged: move the mtime on by a second then.
+        after = os.stat(self.path)
+        if before is not None and after.st_size == before.st_size and \
+                int(after.st_mtime) <= int(before.st_mtime):
+            os.utime(self.path, (after.st_atime, int(before.st_mtime) + 1))
 
     def list(self, user=None, device=None):
         return [e.public() for e in self.read()

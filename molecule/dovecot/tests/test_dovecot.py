@@ -246,6 +246,8 @@ def test_removed_app_password_is_refused(instance, server_pem, imaps):
     removed = app_password_module(instance, "user=alice device=tablet state=absent")
     assert removed["changed"] and "alice+tablet" not in [e["login"] for e in removed["entries"]]
     assert "alice+tablet" not in instance.host.file(APP_FILE).content_string
+    # Dovecot looks at the file's mtime and size at most once a second.
+    time.sleep(1.5)
     assert doveadm_auth(instance, "alice+tablet", password).returncode != 0
     after = imap.login_password(imaps, imap.tls_context(server_pem), "alice+tablet", password)
     assert not after.ok, after

@@ -163,3 +163,13 @@ def test_known_hash_verifies():
     assert ap.verify_password("Hello world!", stored)
     assert not ap.verify_password("Hello world?", stored)
     assert not ap.verify_password("Hello world!", stored[len("{SHA512-CRYPT}"):])
+
+
+def test_same_size_rewrite_moves_mtime_on(store):
+    """Dovecot rereads the file only when mtime (seconds) or size changed."""
+    store.present(ME, "phone")
+    first = os.stat(store.path)
+    store.present(ME, "phone", regenerate=True)  # same length, usually the same second
+    second = os.stat(store.path)
+    assert second.st_size == first.st_size
+    assert int(second.st_mtime) != int(first.st_mtime)
