@@ -41,7 +41,7 @@ def atomic_write(path, data, mode=0o600, uid=None, gid=None):
             os.fsync(handle.fileno())
         os.rename(tmp, path)
         tmp = None
-        _fsync_dir(folder)
+        fsync_dir(folder)
     finally:
         if fd is not None:
             os.close(fd)
@@ -50,7 +50,8 @@ def atomic_write(path, data, mode=0o600, uid=None, gid=None):
                 os.unlink(tmp)
 
 
-def _fsync_dir(folder):
+def fsync_dir(folder):
+    """Make a rename in ``folder`` durable (best effort where folders cannot be synced)."""
     try:
         dfd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -66,8 +67,15 @@ def _fsync_dir(folder):
 
 @contextlib.contextmanager
 def locked(lock_path):
-    """Hold an exclusive ``flock`` on ``lock_path`` (created 0600) while inside."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    """Hold an exclusive ``flock`` on ``lock_path`` while inside.
+
+    A folder is locked through itself (no lock file left behind); any other
+    path is opened as a lock file, created 0600 when missing.
+    """
+    if os.path.isdir(lock_path):
+        fd = os.open(lock_path, os.O_RDONLY)
+    else:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

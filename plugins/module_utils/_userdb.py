@@ -21,8 +21,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import contextlib
-import fcntl
 import os
 import re
 import secrets
@@ -30,7 +28,7 @@ import shutil
 import stat
 import tempfile
 
-from ansible_collections.hardened.mailhost.plugins.module_utils import _crypt
+from ansible_collections.hardened.mailhost.plugins.module_utils import _crypt, _fileutil
 
 DB_SUFFIX = ".db"
 FILE_MODE = 0o600
@@ -186,30 +184,13 @@ class UserDB:
             finally:
                 os.close(fd)
             os.rename(built, self.filename)
-            _fsync_dir(self.folder)
+            _fileutil.fsync_dir(self.folder)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    @contextlib.contextmanager
     def locked(self):
         """Serialise writers on the folder itself (no lock file left behind)."""
-        fd = os.open(self.folder, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-
-def _fsync_dir(folder):
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        return _fileutil.locked(self.folder)
 
 
 def ensure_pin(path, user, state="present", pin=None, generate=False, generate_length=None,
