@@ -110,8 +110,11 @@ def test_roles_run_from_the_installed_tarball():
     with open(os.path.join(copy, "FILES.json"), encoding="utf-8") as handle:
         files = [f["name"] for f in json.load(handle)["files"]]
     tops = {name.split("/", 1)[0] for name in files}
-    for wanted in ("plugins", "roles", "playbooks", "meta", "README.md", "changelogs"):
-        assert wanted in tops, sorted(tops)
+    wanted = ["plugins", "roles", "playbooks", "meta", "README.md", "changelogs", "inventory"]
+    if os.path.isdir(os.path.join(ROOT, "docs")):
+        wanted.append("docs")
+    for name in wanted:
+        assert name in tops, sorted(tops)
     for unwanted in (".venv", ".collections", "molecule", ".git", "scripts", "benchmarks"):
         assert unwanted not in tops, sorted(tops)
     assert "playbooks/site.yml" in files and "meta/runtime.yml" in files
