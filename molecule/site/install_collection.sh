@@ -23,7 +23,8 @@ ansible-galaxy collection build "$root" --output-path "$dest/build" >/dev/null
 tarball=$(ls "$dest"/build/hardened-mailhost-*.tar.gz)
 # Installed as a user would, with only the new (empty) path configured: the
 # checkout's .collections must not count as "already installed". No Galaxy
-# server is asked: the tarball has no dependencies.
+# server is asked (--offline --no-deps): the dependencies galaxy.yml declares
+# (community.crypto, ...) are the ones linked in below.
 ANSIBLE_COLLECTIONS_PATH="$dest/collections" \
     ansible-galaxy collection install --offline --no-deps -p "$dest/collections" "$tarball" >/dev/null
 

@@ -106,6 +106,10 @@ def test_roles_run_from_the_installed_tarball():
         capture_output=True, text=True, check=True, timeout=60).stdout)
     paths = [p for p, colls in listed.items() if "hardened.mailhost" in colls]
     assert paths == [os.path.dirname(os.path.dirname(copy))], listed
+    # The installed files are the ones the tarball's manifest lists.
+    verify = subprocess.run(["ansible-galaxy", "collection", "verify", "--offline", "hardened.mailhost"],
+                            capture_output=True, text=True, check=False, timeout=120)
+    assert verify.returncode == 0 and "Successfully verified" in verify.stdout, verify.stdout + verify.stderr
     # What the tarball carries, and what it leaves out.
     with open(os.path.join(copy, "FILES.json"), encoding="utf-8") as handle:
         files = [f["name"] for f in json.load(handle)["files"]]
