@@ -27,17 +27,16 @@ description:
     C(0640). A line the module does not understand is an error and nothing is changed.
 author:
   - hardened.mailhost developers (@hardened-mailhost)
+extends_documentation_fragment:
+  - hardened.mailhost.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: Reports what would change; no password is generated or returned in check mode.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
     details: The diff lists login names only, never a password or a hash.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: partial
     details: With O(regenerate=true) every run makes a new password and reports a change.
 options:

@@ -17,15 +17,14 @@ description:
     returns one entry per device. Never returns a password or a hash.
 author:
   - hardened.mailhost developers (@hardened-mailhost)
+extends_documentation_fragment:
+  - hardened.mailhost.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
 options:
   user:

@@ -26,19 +26,17 @@ description:
 author:
   - hardened.mailhost developers (!UNKNOWN)
 extends_documentation_fragment:
+  - hardened.mailhost.attributes
   - hardened.mailhost.client_ca
   - hardened.mailhost.client_ca.passphrase
 attributes:
   check_mode:
-    description: Whether the module can run in check mode, reporting what would change without changing anything.
     support: full
     details: Reports whether a CA would be created; nothing is generated in check mode.
   diff_mode:
-    description: Whether the module returns a before/after difference in diff mode.
     support: full
     details: Shows the new CA certificate's subject, validity and fingerprint (never the key).
   idempotent:
-    description: Whether a second run with the same arguments reports no change.
     support: full
 options:
   key_type:

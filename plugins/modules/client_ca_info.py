@@ -19,16 +19,14 @@ description:
 author:
   - hardened.mailhost developers (!UNKNOWN)
 extends_documentation_fragment:
+  - hardened.mailhost.attributes
   - hardened.mailhost.client_ca
 attributes:
   check_mode:
-    description: Whether the module can run in check mode, reporting what would change without changing anything.
     support: full
   diff_mode:
-    description: Whether the module returns a before/after difference in diff mode.
     support: none
   idempotent:
-    description: Whether a second run with the same arguments reports no change.
     support: full
 options:
   email:

@@ -34,21 +34,19 @@ description:
 author:
   - hardened.mailhost developers (!UNKNOWN)
 extends_documentation_fragment:
+  - hardened.mailhost.attributes
   - hardened.mailhost.client_ca
   - hardened.mailhost.client_ca.passphrase
 attributes:
   check_mode:
-    description: Whether the module can run in check mode, reporting what would change without changing anything.
     support: full
     details:
       - Runs every check (input, passphrase, duplicate, CA validity) and reports what
         would be issued or revoked; no key or certificate is made.
   diff_mode:
-    description: Whether the module returns a before/after difference in diff mode.
     support: full
     details: Shows the index records of the device before and after; never a key or password.
   idempotent:
-    description: Whether a second run with the same arguments reports no change.
     support: partial
     details:
       - V(revoked) is idempotent. V(present) is deliberately not. A second run fails on the

@@ -26,19 +26,17 @@ description:
 author:
   - hardened.mailhost developers (!UNKNOWN)
 extends_documentation_fragment:
+  - hardened.mailhost.attributes
   - hardened.mailhost.client_ca
   - hardened.mailhost.client_ca.passphrase
 attributes:
   check_mode:
-    description: Whether the module can run in check mode, reporting what would change without changing anything.
     support: full
     details: Reports whether the CRL would be re-signed and the exports rewritten.
   diff_mode:
-    description: Whether the module returns a before/after difference in diff mode.
     support: full
     details: Shows CRL number, next update and revoked serials before and after.
   idempotent:
-    description: Whether a second run with the same arguments reports no change.
     support: partial
     details:
       - Without O(force) a second run changes nothing. With O(force=true) every run signs a new CRL.

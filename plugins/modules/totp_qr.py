@@ -30,17 +30,16 @@ author:
   - hardened.mailhost developers (!UNKNOWN)
 requirements:
   - segno (on the host that runs the module, normally the controller)
+extends_documentation_fragment:
+  - hardened.mailhost.attributes
 attributes:
   check_mode:
-    description: Whether the module can run in check mode, reporting what would change without changing anything.
     support: full
     details: Reports what would change; writes nothing and returns no RV(terminal).
   diff_mode:
-    description: Whether the module returns a before/after difference in diff mode.
     support: none
     details: The files hold secrets; no diff is produced.
   idempotent:
-    description: Whether a second run with the same arguments reports no change.
     support: partial
     details: With O(force=true) the files are rewritten and a change is reported every run.
 options:

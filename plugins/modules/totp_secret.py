@@ -38,19 +38,18 @@ description:
     redone from the new content, so a consumed code is never brought back.
 author:
   - hardened.mailhost developers (!UNKNOWN)
+extends_documentation_fragment:
+  - hardened.mailhost.attributes
 attributes:
   check_mode:
-    description: Whether the module can run in check mode, reporting what would change without changing anything.
     support: full
     details: Reports what would change; no secret is generated or returned in check mode.
   diff_mode:
-    description: Whether the module returns a before/after difference in diff mode.
     support: full
     details:
       - The diff shows the configured option lines only. The secret and every scratch code
         are replaced by placeholders; the runtime state is left out.
   idempotent:
-    description: Whether a second run with the same arguments reports no change.
     support: partial
     details: With O(rotate=true) every run makes a new secret and reports a change.
 options:

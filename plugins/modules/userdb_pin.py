@@ -28,17 +28,16 @@ author:
 requirements:
   - Debian's C(python3) on the managed host (its C(dbm.ndbm) writes Berkeley DB 5.3, the
     format C(pam_userdb) reads) and C(libcrypt.so.1) (libxcrypt).
+extends_documentation_fragment:
+  - hardened.mailhost.attributes
 attributes:
   check_mode:
-    description: Whether the module can run in check mode, reporting what would change without changing anything.
     support: full
     details: Reports what would change; a PIN is never generated in check mode.
   diff_mode:
-    description: Whether the module returns a before/after difference in diff mode.
     support: full
     details: The diff says whether the user has a PIN and whether it is new, never the PIN or its hash.
   idempotent:
-    description: Whether a second run with the same arguments reports no change.
     support: partial
     details: Idempotent for O(pin) and for O(generate) without O(rotate); O(rotate=true) makes a new PIN on every run.
 options:
