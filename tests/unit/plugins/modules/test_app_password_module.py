@@ -4,14 +4,13 @@ import grp
 import json
 import os
 import pwd
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
-MODULE = os.path.join(ROOT, "plugins", "modules", "app_password.py")
-INFO_MODULE = os.path.join(ROOT, "plugins", "modules", "app_password_info.py")
+import module_runner
+
+MODULE = "app_password"
+INFO_MODULE = "app_password_info"
 ME = pwd.getpwuid(os.getuid()).pw_name
 MY_GROUP = grp.getgrgid(os.getgid()).gr_name
 
@@ -20,11 +19,7 @@ def run(tmp_path, module=MODULE, **args):
     args.setdefault("passwd_file", str(tmp_path / "app-passwords"))
     if module == MODULE:
         args.setdefault("group", MY_GROUP)
-    argfile = tmp_path / "args.json"
-    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".collections"))
-    proc = subprocess.run([sys.executable, module, str(argfile)], capture_output=True, text=True, env=env, check=False)
-    return json.loads(proc.stdout)
+    return module_runner.run_module(module, tmp_path, **args)[0]
 
 
 @pytest.fixture(autouse=True)

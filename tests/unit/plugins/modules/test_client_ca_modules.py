@@ -11,37 +11,20 @@ import os
 import secrets
 import stat
 import subprocess
-import sys
 
 import pytest
+
+import module_runner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from ansible_collections.hardened.mailhost.plugins.module_utils._ca import CertificateAuthority
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.dirname(os.path.abspath(__file__))))))
-COLLECTIONS = os.path.join(ROOT, ".collections")
 PASS = "module test passphrase"
 
 
 def run(tmp_path, module, check=False, diff=False, **args):
-    if check:
-        args["_ansible_check_mode"] = True
-    if diff:
-        args["_ansible_diff"] = True
-    args_file = tmp_path / ("args-%s.json" % secrets.token_hex(4))
-    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
-    proc = subprocess.run(
-        [sys.executable, "-m", "ansible_collections.hardened.mailhost.plugins.modules." + module,
-         str(args_file)], env=env, capture_output=True, text=True, timeout=120, check=False)
-    args_file.unlink()
-    try:
-        result = json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError("module printed no JSON: %s %s" % (proc.stdout, proc.stderr))
-    assert (proc.returncode != 0) == bool(result.get("failed")), proc.stderr
+    result, proc = module_runner.run_module(module, tmp_path, check=check, diff=diff, **args)
     if "passphrase" in args:
         assert args["passphrase"] not in proc.stdout + proc.stderr
     result["_raw"] = proc.stdout

@@ -1,34 +1,24 @@
 """Module tests for hardened.mailhost.totp_qr (run as a script, like Ansible
 does), plus the ansible-doc rendering of both TOTP modules."""
 
-import json
 import os
-import secrets
 import stat
 import subprocess
 import sys
 
 import pytest
 
+import module_runner
+
 from ansible_collections.hardened.mailhost.plugins.module_utils import _totp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.dirname(os.path.abspath(__file__))))))
 COLLECTIONS = os.path.join(ROOT, ".collections")
-MODULE = "ansible_collections.hardened.mailhost.plugins.modules.totp_qr"
 
 
 def run_module(tmp_path, check=False, **args):
-    if check:
-        args["_ansible_check_mode"] = True
-    args_file = tmp_path / ("args-%s.json" % secrets.token_hex(4))
-    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
-    proc = subprocess.run([sys.executable, "-m", MODULE, str(args_file)], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
-    args_file.unlink()
-    result = json.loads(proc.stdout)
-    assert (proc.returncode != 0) == bool(result.get("failed")), proc.stderr
+    result, proc = module_runner.run_module("totp_qr", tmp_path, check=check, timeout=60, **args)
     return result, proc.stdout + proc.stderr
 
 

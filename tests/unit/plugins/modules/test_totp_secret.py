@@ -14,16 +14,13 @@ import secrets
 import shutil
 import stat
 import subprocess
-import sys
 import time
 
 import pyotp
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.dirname(os.path.abspath(__file__))))))
-COLLECTIONS = os.path.join(ROOT, ".collections")
-MODULE = "ansible_collections.hardened.mailhost.plugins.modules.totp_secret"
+import module_runner
+
 PAM_MODULE_DIRS = ("/lib/x86_64-linux-gnu/security", "/usr/lib/x86_64-linux-gnu/security",
                    "/lib/aarch64-linux-gnu/security", "/usr/lib/aarch64-linux-gnu/security",
                    "/lib/security", "/usr/lib/security")
@@ -32,22 +29,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (useradd, 
 
 
 def run_module(tmp_path, check=False, diff=False, **args):
-    if check:
-        args["_ansible_check_mode"] = True
-    if diff:
-        args["_ansible_diff"] = True
-    args_file = tmp_path / ("args-%s.json" % secrets.token_hex(4))
-    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
-    proc = subprocess.run([sys.executable, "-m", MODULE, str(args_file)], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
-    args_file.unlink()
-    try:
-        result = json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError("module printed no JSON: %s %s" % (proc.stdout, proc.stderr))
-    assert (proc.returncode != 0) == bool(result.get("failed")), proc.stderr
-    return result
+    return module_runner.run_module("totp_secret", tmp_path, check=check, diff=diff, timeout=60, **args)[0]
 
 
 @pytest.fixture

@@ -2,25 +2,16 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from ansible_collections.hardened.mailhost.plugins.module_utils import _crypt, _userdb
+import module_runner
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
-MODULE = "ansible_collections.hardened.mailhost.plugins.modules.userdb_pin"
+from ansible_collections.hardened.mailhost.plugins.module_utils import _crypt, _userdb
 
 
 def run_module(tmp_path, **args):
-    args_file = tmp_path.parent / ("args-%s.json" % tmp_path.name)
-    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".collections"))
-    proc = subprocess.run([sys.executable, "-m", MODULE, str(args_file)],
-                          capture_output=True, text=True, env=env, timeout=60, check=False)
-    out = proc.stdout
-    return json.loads(out[out.index("{"):]), proc
+    return module_runner.run_module("userdb_pin", tmp_path, timeout=60, **args)
 
 
 @pytest.fixture
