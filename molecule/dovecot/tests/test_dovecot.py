@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from hmtest import imap
+from hmtest import imap, mailbox
 from hmtest.instances import load_instances
 
 APP_FILE = "/etc/dovecot/app-passwords"
@@ -138,27 +138,8 @@ def test_valid_certificate_reads_mail_delivered_by_postfix(instance, pki, server
         smtp.ehlo("client.example.net")
         smtp.send_message(msg, from_addr="", to_addrs=["alice@example.test"])
 
-    deadline = time.monotonic() + 45
-    found = []
-    while time.monotonic() < deadline and not found:
-        result = imap.login_external(imaps, ctx_for(pki, server_pem, "alice-valid"))
-        assert result.ok, result
-        try:
-            typ, _ = result.conn.select("INBOX", readonly=True)
-            assert typ == "OK"
-            typ, data = result.conn.search(None, "SUBJECT", token)
-            assert typ == "OK"
-            found = data[0].split()
-            if found:
-                typ, parts = result.conn.fetch(found[0], "(BODY.PEEK[])")
-                assert typ == "OK"
-                raw = b"".join(p[1] for p in parts if isinstance(p, tuple))
-                assert token.encode() in raw
-        finally:
-            result.close()
-        if not found:
-            time.sleep(2)
-    assert found, "the message sent through Postfix never reached alice's INBOX"
+    raw = mailbox.wait_in_inbox(imaps, ctx_for(pki, server_pem, "alice-valid"), token, timeout=45)
+    assert token.encode() in raw
     # Delivered by Dovecot's LMTP into the Maildir that IMAP reads.
     assert instance.run("sh", "-c", "grep -rl %s /home/alice/Maildir/new /home/alice/Maildir/cur" % token,
                         check=False).returncode == 0
