@@ -188,11 +188,16 @@ def checksums(instance):
 @pytest.mark.parametrize("extra,message", [
     ({"sudo_pin_become_user": "dave"}, "Ansible becomes root through sudo as dave"),
     ({"sudo_pin_extra_bad_pin": True}, "trivial"),
-], ids=["become-user-without-pin", "bad-pin"])
+    # Removing every PIN would leave nobody able to sudo with a password.
+    ({"sudo_pin_extra_all_absent": True}, "at least one user in sudo_pin_users must get a PIN"),
+], ids=["become-user-without-pin", "bad-pin", "no-pin-left"])
 def test_role_refuses_and_changes_nothing(instance, extra, message):
+    extra = dict(extra)  # the parameter is shared by both platforms' runs
     users = [{"name": "alice", "pin": PINS["alice"]}, {"name": "bob", "pin": "271828"}]
     if extra.pop("sudo_pin_extra_bad_pin", False):
         users.append({"name": "carol", "pin": "123456"})
+    if extra.pop("sudo_pin_extra_all_absent", False):
+        users = [{"name": "alice", "state": "absent"}, {"name": "bob", "state": "absent"}]
     extra_vars = dict(extra, sudo_pin_users=users, sudo_pin_prompt="Changed prompt: ")
     before = checksums(instance)
     inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
