@@ -8,9 +8,14 @@ instance, kept with ``molecule converge -s site``), in one run:
    unless --no-warmup, so the timed one really is a no-change run; the number
    of changed tasks is printed and must be 0);
 2. the floor: one play over the same SSH connection that gathers facts, runs
-   one ``ansible.builtin.stat`` per file the converge manages on the host (the
-   ``path``/``dest`` of its file, copy, template, ... results) and one
-   ``ansible.builtin.package_facts``, checking the packages the site installs.
+   one ``ansible.builtin.stat`` per file the converge manages on the host and
+   one ``ansible.builtin.package_facts``, checking the packages the site
+   installs. The managed files are the ``path``/``dest`` of the converge's
+   file, copy, template, ... results, plus the files the site makes whose
+   paths its results do not show (``MADE``: lookup tables built by postmap,
+   the self-signed key, the PIN database, the TOTP secret of each
+   ``sshd_2fa_users`` entry, whose module results are ``no_log``). Files the
+   converge only reads (authorized_keys, Postfix's spool) are not counted.
 
 Prints both wall-clock times, the ratio (goal: <= 2.5x the floor), the number
 of tasks each ran on the host and the slowest converge tasks. Bounded: every
@@ -47,7 +52,7 @@ def molecule_dir(scenario):
                         "molecule.%s.%s" % (checksum(os.path.basename(ROOT), 4), scenario))
 
 
-def run_playbook(args, playbook, eph, json_out=True):
+def playbook_env(args, eph):
     env = dict(os.environ)
     env.update({
         "ANSIBLE_CONFIG": os.path.join(eph, "ansible.cfg"),
@@ -58,6 +63,11 @@ def run_playbook(args, playbook, eph, json_out=True):
         "MOLECULE_SCENARIO_DIRECTORY": os.path.join(ROOT, "molecule", args.scenario),
         "ANSIBLE_FORCE_COLOR": "0",
     })
+    return env
+
+
+def run_playbook(args, playbook, eph, json_out=True):
+    env = playbook_env(args, eph)
     if json_out:
         env.update({"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"})
     cmd = ["ansible-playbook", "-i", os.path.join(eph, "inventory"), "--limit", args.limit, playbook]
@@ -67,6 +77,14 @@ def run_playbook(args, playbook, eph, json_out=True):
     if proc.returncode != 0:
         sys.exit("%s failed (rc %d):\n%s\n%s" % (playbook, proc.returncode, proc.stdout[-4000:], proc.stderr[-2000:]))
     return elapsed, (json.loads(proc.stdout) if json_out else None)
+
+
+# Made by the site on the host, but named by no (visible) task result.
+MADE = ["/etc/ssl/hardened-mailhost/server.key", "/etc/ssl/hardened-mailhost/server.crt",
+        "/etc/postfix/hardened/transport.db", "/etc/postfix/hardened/relay_clientcerts.db",
+        "/etc/security/sudo_pin.db",
+        # kept absent while sshd_2fa_trusted_networks is empty
+        "/etc/security/hardened-mailhost-sshd-trusted.conf"]
 
 
 def _when(stamp):
@@ -102,6 +120,22 @@ def managed_files(report, host):
                     if isinstance(value, str) and value.startswith("/"):
                         paths.add(value)
     return sorted(paths)
+
+
+def totp_secrets(args, eph, report, host):
+    """~/.google_authenticator of every sshd_2fa_users entry (homes from the converge's getent)."""
+    proc = subprocess.run(["ansible-inventory", "-i", os.path.join(eph, "inventory"), "--host", host],
+                          env=playbook_env(args, eph), capture_output=True, text=True,
+                          timeout=args.timeout, check=True)
+    users = json.loads(proc.stdout).get("sshd_2fa_users", [])
+    passwd = {}
+    for _name, action, result, _secs in host_results(report, host):
+        if action.endswith("getent"):
+            passwd.update(result.get("ansible_facts", {}).get("getent_passwd", {}))
+    missing = [user for user in users if user not in passwd]
+    if missing:
+        sys.exit("no getent result for %s in the converge report" % ", ".join(missing))
+    return [os.path.join(passwd[user][4], ".google_authenticator") for user in users]
 
 
 def counts(report, host):
@@ -161,7 +195,7 @@ def main():
     best_converge = best_floor = None
     for _ in range(args.runs):
         t_converge, report = run_playbook(args, site, eph)
-        files = managed_files(report, args.limit)
+        files = sorted(set(managed_files(report, args.limit) + MADE + totp_secrets(args, eph, report, args.limit)))
         with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
             handle.write(FLOOR.format(host=args.limit, files=json.dumps(files), packages=json.dumps(PACKAGES)))
             floor_path = handle.name
