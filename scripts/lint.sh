@@ -38,9 +38,12 @@ print("\n".join(bad) or f"{len(fragments)} fragments ok")
 sys.exit(1 if bad else 0)
 PY
 
-step "ansible-doc renders every module"
+step "ansible-doc renders every module and filter"
 for m in plugins/modules/*.py; do
     ansible-doc "hardened.mailhost.$(basename "$m" .py)" >/dev/null
+done
+for f in plugins/filter/*.py; do
+    ansible-doc -t filter "hardened.mailhost.$(basename "$f" .py)" >/dev/null
 done
 
 step "ansible-lint (production profile)"
