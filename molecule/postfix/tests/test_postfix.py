@@ -8,6 +8,7 @@ Real clients (smtplib, openssl s_client) talk to the ports podman published on
 import os
 import re
 import shutil
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -295,3 +296,133 @@ def test_465_removed_app_password_is_refused(instance, ephemeral_dir):
                            implicit_tls=True, login=login)
     assert refused.stage == "auth" and refused.code == 535, refused
     assert_refused(instance, refused, tok)
+
+
+# ------------------------------------------------ fail2ban (SMTP AUTH failures)
+
+JAIL = "hardened-mailhost-postfix-sasl"
+# The test's own limit, set at run time. converge.yml sets 10, above the four
+# AUTH failures the other tests make per host (smtplib's login() fails PLAIN
+# and then LOGIN).
+BAN_AFTER = 3
+
+
+def jail_status(instance):
+    """The fields of `fail2ban-client status <jail>`, e.g. "Total failed", "Banned IP list"."""
+    out = instance.run("fail2ban-client", "status", JAIL).stdout
+    fields = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip(" \t|`-")] = value.strip()
+    return fields
+
+
+def banned(instance):
+    return jail_status(instance)["Banned IP list"].split()
+
+
+def total_failed(instance):
+    return int(jail_status(instance)["Total failed"])
+
+
+def connect_465(port):
+    """None when a new TLS connection to 465 gets Postfix's 220 greeting, else the error."""
+    try:
+        client = smtp.connect(port, implicit_tls=True, timeout=5)
+    except (ConnectionError, TimeoutError, ssl.SSLError, smtplib.SMTPServerDisconnected) as exc:
+        return exc
+    client.quit()
+    return None
+
+
+def tcp_answers(port, timeout=5):
+    """The first bytes a new TCP connection gets, or the error."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            return sock.recv(64) or ConnectionResetError("closed before any byte")
+    except (ConnectionError, TimeoutError) as exc:
+        return exc
+
+
+def auth_plain(port, user, password):
+    """One AUTH PLAIN on a new 465 connection: the reply code.
+
+    One failure in the log per call, where smtplib's login() would go on with LOGIN.
+    """
+    client = smtp.connect(port, implicit_tls=True)
+    try:
+        client.user, client.password = user, password
+        return client.auth("PLAIN", client.auth_plain)[0]
+    except smtplib.SMTPAuthenticationError as exc:
+        return exc.smtp_code
+    finally:
+        client.close()
+
+
+def test_fail2ban_jail_is_active(instance):
+    assert instance.run("systemctl", "is-active", "fail2ban", check=False).stdout.strip() == "active"
+    jails = instance.run("fail2ban-client", "status").stdout
+    assert JAIL in jails, jails
+    status = jail_status(instance)
+    # Debian runs Postfix as postfix@-.service: the jail must read that unit's journal.
+    assert "_SYSTEMD_UNIT=postfix@-.service" in status["Journal matches"], status
+
+    def get(what):
+        return instance.run("fail2ban-client", "get", JAIL, what).stdout.strip()
+
+    assert get("maxretry") == "10"  # converge.yml
+    assert get("findtime") == "600" and get("bantime") == "3600"  # the role's 10m and 1h
+    assert "nftables" in get("actions")
+
+
+def test_fail2ban_bans_repeated_wrong_app_passwords(instance, ephemeral_dir):
+    """BAN_AFTER wrong app passwords on 465 ban the client: 465 and 25 refuse it, until unbanned."""
+    client_ip = instance.gateway  # every host client arrives from the podman gateway
+    port = instance.port(465)
+    wrong = app_password(ephemeral_dir, instance, "bob", "phone")[::-1]
+    maxretry = instance.run("fail2ban-client", "get", JAIL, "maxretry").stdout.strip()
+    try:
+        # A clean slate: the other tests' failures are still counted (within
+        # findtime); a restarted jail forgets them and reads the journal on from
+        # where it stopped.
+        instance.run("fail2ban-client", "restart", JAIL)
+        assert smtp.wait_for(lambda: instance.run("fail2ban-client", "status", JAIL, check=False).returncode == 0,
+                             timeout=10)
+        assert jail_status(instance)["Currently failed"] == "0", jail_status(instance)
+        assert client_ip not in banned(instance)
+        assert connect_465(port) is None
+        instance.run("fail2ban-client", "set", JAIL, "maxretry", str(BAN_AFTER))
+
+        # The same wrong password each time (a phone with a stale app password):
+        # Dovecot's penalty then stays small, and every try is answered 535.
+        for attempt in range(1, BAN_AFTER + 1):
+            failed = total_failed(instance)
+            code = auth_plain(port, "bob+phone", wrong)
+            assert code == 535, (attempt, code)
+            # fail2ban reads each failure from the journal.
+            assert smtp.wait_for(lambda: total_failed(instance) > failed, timeout=10), \
+                ("fail2ban did not count failure %d" % attempt, jail_status(instance))
+            if attempt < BAN_AFTER:
+                assert client_ip not in banned(instance), ("banned after %d failures" % attempt)
+        assert smtp.wait_for(lambda: client_ip in banned(instance), timeout=10), jail_status(instance)
+
+        # Really banned on the jail's ports: a new connection is refused (nftables
+        # reject) before Postfix says anything, on 465 and on 25.
+        refused = connect_465(port)
+        assert refused is not None, "465 still answers after the ban"
+        on_25 = tcp_answers(instance.port(25))
+        assert not isinstance(on_25, bytes), on_25
+        # Only the jail's ports: SSH (how the administrator gets in) stays open.
+        on_22 = tcp_answers(instance.port(22))
+        assert isinstance(on_22, bytes) and on_22.startswith(b"SSH-"), on_22
+    finally:
+        instance.run("fail2ban-client", "set", JAIL, "maxretry", maxretry)
+        instance.run("fail2ban-client", "set", JAIL, "unbanip", client_ip, check=False)
+
+    assert client_ip not in banned(instance), jail_status(instance)
+    assert smtp.wait_for(lambda: connect_465(port) is None, timeout=10), connect_465(port)
+    right = app_password(ephemeral_dir, instance, "bob", "phone")
+    out = smtp.attempt(port, "bob@example.test", "friend@sink.test", token(), implicit_tls=True,
+                       login=("bob+phone", right))
+    assert out.stage == "sent", out
