@@ -283,6 +283,8 @@ def test_465_removed_app_password_is_refused(instance, ephemeral_dir):
         return proc.stdout
 
     out = app_password_task("present")
+    # Dovecot reads the passwd-file at most once a second: give it the time.
+    time.sleep(1.5)
     password = re.search(r'"password":\s*"([^"]+)"', out).group(1)
     login = ("bob+%s" % device, password)
     tok = token()
@@ -291,6 +293,7 @@ def test_465_removed_app_password_is_refused(instance, ephemeral_dir):
     assert sent.stage == "sent", sent
 
     app_password_task("absent")
+    time.sleep(1.5)
     tok = token()
     refused = smtp.attempt(instance.port(465), "bob@example.test", "friend@sink.test", tok,
                            implicit_tls=True, login=login)
@@ -300,7 +303,7 @@ def test_465_removed_app_password_is_refused(instance, ephemeral_dir):
 
 # ------------------------------------------------ fail2ban (SMTP AUTH failures)
 
-JAIL = "hardened-mailhost-postfix-sasl"
+JAIL = "hm-postfix-sasl"
 # The test's own limit, set at run time. converge.yml sets 10, above the four
 # AUTH failures the other tests make per host (smtplib's login() fails PLAIN
 # and then LOGIN).
