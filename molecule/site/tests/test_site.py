@@ -185,3 +185,19 @@ def test_revoked_device_a_is_refused_device_b_still_works(instance, devices, ser
         login.close()
     # A's message never arrived.
     assert instance.run("grep", "-rlF", tok, "/home/bob/Maildir", check=False).returncode != 0
+
+
+# ------------------------------------------------------------ drift
+
+def test_next_run_starts_a_service_stopped_and_disabled_since(instance, devices, server_pem):
+    """The roles skip systemd when the run's service list says a service is up.
+    The list is read afresh each run, so a service stopped and disabled since
+    the last run is found, enabled and started again."""
+    instance.run("systemctl", "disable", "--now", "dovecot")
+    assert instance.run("systemctl", "is-active", "dovecot", check=False).stdout.strip() != "active"
+    run_playbook("site", "--limit", instance.name, "--tags", "mail")
+    assert instance.run("systemctl", "is-active", "dovecot", check=False).stdout.strip() == "active"
+    assert instance.run("systemctl", "is-enabled", "dovecot", check=False).stdout.strip() == "enabled"
+    login = imap.login_external(instance.port(993), imap_ctx(server_pem, devices["B"]))
+    assert login.ok, login
+    login.close()
