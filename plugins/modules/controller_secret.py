@@ -76,20 +76,36 @@ options:
         terminal (CI, AWX, cron).
     type: str
 notes:
-  - Use C(no_log: true) on the task anyway, so that the arguments (which carry the
-    secret) are hidden from callbacks when the task fails.
+  - "Do not set C(no_log: true) on the task: the result never holds the content, and
+    callbacks do not record a task's arguments, so C(no_log) would only hide a refusal
+    (such as a file that belongs to another host). What the task B(must) avoid is a
+    loop whose items carry the secret (callbacks record each item in full): loop over
+    user names and read the secret from the registered result by index, as in the
+    example."
 seealso:
   - module: hardened.mailhost.totp_qr
 """
 
 EXAMPLES = r"""
-- name: Hand the generated PIN to the operator
-  hardened.mailhost.controller_secret:
-    path: "~/.hardened-mailhost/sudo_pin/{{ inventory_hostname }}/alice.pin"
-    content: "{{ stored.pin }}"
-    owner: "{{ inventory_hostname }}"
-    tty_message: "New sudo PIN for alice on {{ inventory_hostname }}: {{ stored.pin }}"
+- name: Generate PINs (the results hold them)
+  hardened.mailhost.userdb_pin:
+    db: /etc/security/sudo_pin
+    user: "{{ item }}"
+    generate: true
+  loop: [alice, bob]
+  register: stored
   no_log: true
+
+- name: Hand each generated PIN to the operator (the loop items are names only)
+  hardened.mailhost.controller_secret:
+    path: "~/.hardened-mailhost/sudo_pin/{{ inventory_hostname }}/{{ item }}.pin"
+    content: "{{ stored.results[idx].pin }}"
+    owner: "{{ inventory_hostname }}"
+    tty_message: "New sudo PIN for {{ item }} on {{ inventory_hostname }}: {{ stored.results[idx].pin }}"
+  loop: "{{ stored.results | map(attribute='item') | list }}"
+  loop_control:
+    index_var: idx
+  when: stored.results[idx].pin is defined
 """
 
 RETURN = r"""
