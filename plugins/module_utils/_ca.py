@@ -20,6 +20,8 @@ Quick use::
     ca.revoke(cert.serial, reason="key_compromise")   # or ("ann@...", "phone")
     ca.crl(next_update_days=30)                 # re-sign the CRL, refresh exports
     ca.info()                                   # dict: CA, CRL, every certificate
+    ca.rekey(new_passphrase="...")              # re-encrypt the key (current KDF)
+    ca.warnings                                 # e.g. an old key encryption, after a load
 
 Test helpers may pass ``days`` <= 0 or ``not_before``/``not_after``
 (timezone-aware ``datetime``) to ``issue`` and ``init`` to make expired or
@@ -28,7 +30,10 @@ not-yet-valid certificates, and ``init`` a second CA folder for a "foreign" CA.
 Layout of the CA folder (0700; every file 0600, written atomically):
 
 ``ca.key``
-    CA private key, PKCS#8 PEM encrypted with the passphrase.
+    CA private key, PKCS#8 PEM encrypted with the passphrase: PBES2 with
+    PBKDF2-HMAC-SHA256 at ``KEY_KDF_ROUNDS`` (600,000) rounds and AES-256-CBC
+    (see ``_ca_keyfile``). Keys of older versions (2,048 rounds) still open,
+    with a warning, and ``rekey()`` re-encrypts them.
 ``ca.crt``
     self-signed CA certificate, PEM.
 ``crl.pem``
@@ -60,7 +65,7 @@ import secrets
 import stat
 import tempfile
 
-from ansible_collections.hardened.mailhost.plugins.module_utils import _fileutil
+from ansible_collections.hardened.mailhost.plugins.module_utils import _ca_keyfile, _fileutil
 
 try:
     from cryptography import x509
@@ -102,7 +107,11 @@ EMAIL_RE = re.compile(
     r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@" + _LABEL + r"(?:\." + _LABEL + r")+$"
 )
-MIN_PASSPHRASE = 8
+# A new CA's passphrase: 16 characters resist an offline attack on a stolen
+# key file even at a few bits of entropy per character. Existing CAs with a
+# shorter one still open (with a warning) until they are re-encrypted.
+MIN_PASSPHRASE = 16
+KEY_KDF_ROUNDS = _ca_keyfile.KDF_ROUNDS
 PKCS12_KDF_ROUNDS = 2048
 # A certificate is only backdated this much, to absorb small clock skew.
 BACKDATE = datetime.timedelta(minutes=5)
@@ -129,6 +138,10 @@ class CAError(Exception):
 
 class CAExistsError(CAError):
     """``init`` found a CA already in the folder."""
+
+
+class CAPassphraseError(CAError):
+    """The passphrase does not open the CA key."""
 
 
 def utcnow():
@@ -223,6 +236,48 @@ def validate_name(name):
     return name.strip()
 
 
+def validate_domains(domains):
+    """The served mail domains as a sorted list of lower-case names (``None`` stays ``None``)."""
+    if domains is None:
+        return None
+    if isinstance(domains, str) or not isinstance(domains, (list, tuple, set)):
+        raise CAError("the mail domains must be a list of domain names, got %r" % (domains,))
+    out = set()
+    for domain in domains:
+        if not isinstance(domain, str) or not EMAIL_RE.fullmatch("x@" + domain):
+            raise CAError("%r in the mail domains is not a domain name (ASCII, like example.org)" % (domain,))
+        out.add(domain.lower())
+    return sorted(out)
+
+
+def check_identity(email, allowed_domains=None, relay_only=False):
+    """Refuse an address outside the served domains unless it is a relay-only identity.
+
+    A certificate's identity is its whole address. ``allowed_domains`` is
+    the list of mail domains this host serves (``None``: not known, nothing
+    is checked). An address of another domain is only accepted with
+    ``relay_only`` (it may relay through Postfix, never open a mailbox);
+    ``relay_only`` for a served domain is refused, because Dovecot would
+    still open that mailbox.
+    """
+    domains = validate_domains(allowed_domains)
+    domain = email.rsplit("@", 1)[1].lower()
+    if domains is None:
+        if relay_only:
+            raise CAError("relay_only needs the list of served mail domains (allowed_domains / "
+                          "hardened_mailhost_mail_domains) to prove %s is outside them; nothing was issued" % email)
+        return
+    served = domain in domains
+    if served and relay_only:
+        raise CAError("%s is in a served mail domain (%s): its certificate opens that mailbox, so it cannot "
+                      "be marked relay-only; issue it without relay_only" % (email, domain))
+    if not served and not relay_only:
+        raise CAError("%s is outside the mail domains this host serves (%s); nothing was issued. If the "
+                      "device only relays mail for that address, mark it relay-only (relay_only: true, "
+                      "playbook -e cert_relay_only=true): such a certificate never opens a mailbox"
+                      % (email, ", ".join(domains) or "none"))
+
+
 def _generate_key(key_type):
     if key_type == "ec-p256":
         return ec.generate_private_key(ec.SECP256R1())
@@ -283,6 +338,8 @@ class CertificateAuthority:
         self._cert = None
         self._index_cache = None  # (stat signature, parsed index)
         self._line_cache = {}  # serial -> (index record, its serialized line)
+        self._key_loads = 0  # key derivations paid by this object (tests check it is 1)
+        self.warnings = []  # operator-facing advice found while loading; no secrets
 
     # ---------------------------------------------------------------- paths
     def path(self, *parts):
@@ -326,20 +383,55 @@ class CertificateAuthority:
         self._require_ca()
         if not self.passphrase:
             raise CAError("the CA passphrase is required for this operation")
+        key, encryption = self._load_key(self.passphrase)
+        self._key = key
+        if not _ca_keyfile.is_current(encryption):
+            self.warnings.append(
+                "the CA key %s is encrypted with %s, weaker than this collection's standard "
+                "(PBKDF2-HMAC-SHA256, %d rounds, AES-256-CBC): re-encrypt it with "
+                "hardened.mailhost.client_ca rekey: true" % (self.path(CA_KEY), _ca_keyfile.describe(encryption),
+                                                              KEY_KDF_ROUNDS))
+        if len(self.passphrase) < MIN_PASSPHRASE:
+            self.warnings.append(
+                "the CA passphrase has fewer than %d characters, too few against an offline attack on a "
+                "copy of the key file: set a longer one with hardened.mailhost.client_ca rekey: true "
+                "and new_passphrase" % MIN_PASSPHRASE)
+        return key
+
+    def _read_key_file(self):
         with open(self.path(CA_KEY), "rb") as handle:
             data = handle.read()
-        if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" not in data:
+        try:
+            encryption = _ca_keyfile.key_encryption(data)
+        except (_ca_keyfile.KeyFileError, IndexError):
             raise CAError("CA key %s is corrupt or not encrypted (expected an encrypted PKCS#8 PEM)"
                           % self.path(CA_KEY))
+        return data, encryption
+
+    def _load_key(self, passphrase):
+        """Decrypt ca.key with ``passphrase`` (one key derivation); (key, encryption parameters)."""
+        data, encryption = self._read_key_file()
+        self._key_loads += 1
         try:
-            key = serialization.load_pem_private_key(data, password=self.passphrase.encode("utf-8"))
+            key = serialization.load_pem_private_key(data, password=passphrase.encode("utf-8"))
         except (ValueError, TypeError):
-            raise CAError("wrong passphrase for the CA key %s (or the key file is damaged)" % self.path(CA_KEY))
+            raise CAPassphraseError("wrong passphrase for the CA key %s (or the key file is damaged)"
+                                    % self.path(CA_KEY))
         if _public_der(key) != _public_der(self.certificate().public_key()):
             raise CAError("CA key %s does not belong to CA certificate %s"
                           % (self.path(CA_KEY), self.path(CA_CERT)))
-        self._key = key
-        return key
+        return key, encryption
+
+    def key_encryption(self):
+        """How ``ca.key`` is encrypted (``_ca_keyfile.key_encryption``) plus ``current`` (bool).
+
+        Reads no secret and needs no passphrase; ``None`` when the file is unreadable.
+        """
+        try:
+            _data, encryption = self._read_key_file()
+        except (CAError, IOError, OSError):
+            return None
+        return dict(encryption, current=_ca_keyfile.is_current(encryption))
 
     def _signing_key(self, now=None):
         """The CA key, refusing when the CA certificate is no longer (or not yet) valid."""
@@ -417,7 +509,8 @@ class CertificateAuthority:
         if key_type not in CA_KEY_TYPES:
             raise CAError("unknown CA key type %r; choose one of %s" % (key_type, ", ".join(CA_KEY_TYPES)))
         if not self.passphrase or len(self.passphrase) < MIN_PASSPHRASE:
-            raise CAError("the CA passphrase must have at least %d characters" % MIN_PASSPHRASE)
+            raise CAError("the passphrase of a new CA must have at least %d characters (got %d); "
+                          "nothing was created" % (MIN_PASSPHRASE, len(self.passphrase or "")))
         if not common_name or len(common_name) > 64:
             raise CAError("CA common name must have 1-64 characters")
         if organization is not None and (not organization or len(organization) > 64):
@@ -456,9 +549,7 @@ class CertificateAuthority:
                            critical=False)
             .sign(key, _hash_for(key))
         )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(self.passphrase.encode("utf-8")))
+        key_pem = _ca_keyfile.encrypt_private_key(key, self.passphrase, KEY_KDF_ROUNDS)
         with self._lock(creating=True):
             if self.exists():
                 raise CAExistsError("a CA already exists in %s" % self.ca_dir)
@@ -495,22 +586,24 @@ class CertificateAuthority:
         return rec["state"] == "valid" and rec["not_after"] > _iso(now)
 
     def plan_issue(self, email, name, device, replace=False, key_type="ec-p256", days=120,
-                   not_before=None, not_after=None, now=None):
+                   not_before=None, not_after=None, now=None, allowed_domains=None, relay_only=False):
         """Validate an issue request without writing anything.
 
         Returns the index records that issuing would revoke as superseded
         (empty unless ``replace``); raises :class:`CAError` for bad input,
-        a duplicate without ``replace``, or a CA that cannot sign.
+        a duplicate without ``replace``, an address outside
+        ``allowed_domains`` (see ``check_identity``), or a CA that cannot sign.
         """
         index = self._load_index()
         return self._plan_issue(index, email, name, device, replace, key_type, days,
-                                not_before, not_after, now or utcnow())[0]
+                                not_before, not_after, now or utcnow(), allowed_domains, relay_only)[0]
 
     def _plan_issue(self, index, email, name, device, replace, key_type, days,
-                    not_before, not_after, now):
+                    not_before, not_after, now, allowed_domains=None, relay_only=False):
         email = validate_email(email)
         device = validate_device(device)
         name = validate_name(name)
+        check_identity(email, allowed_domains, relay_only)
         if key_type not in KEY_TYPES:
             raise CAError("unknown key type %r; choose one of %s" % (key_type, ", ".join(KEY_TYPES)))
         if isinstance(days, bool) or not isinstance(days, int):
@@ -534,7 +627,8 @@ class CertificateAuthority:
         return current, (email, name, device, start, end)
 
     def issue(self, email, name, device, days=120, replace=False, key_type="ec-p256",
-              pkcs12_legacy=False, not_before=None, not_after=None):
+              pkcs12_legacy=False, not_before=None, not_after=None, allowed_domains=None,
+              relay_only=False):
         """Issue a client certificate for (``email``, ``device``).
 
         Subject CN = e-mail, O = ``name``, OU = ``device``; SAN rfc822Name;
@@ -544,10 +638,12 @@ class CertificateAuthority:
 
         A still-valid certificate for the same (email, device) makes this fail
         unless ``replace``, which revokes it as superseded in the same locked
-        step (and re-signs the CRL). Returns :class:`IssuedCert`.
+        step (and re-signs the CRL). ``allowed_domains`` and ``relay_only``:
+        see ``check_identity``; the record carries ``relay_only``.
+        Returns :class:`IssuedCert`.
         """
         now = utcnow()
-        validate_email(email)
+        check_identity(validate_email(email), allowed_domains, relay_only)
         validate_device(device)
         validate_name(name)
         device_key = _generate_key(key_type)
@@ -555,7 +651,8 @@ class CertificateAuthority:
         with self._lock():
             index = self._load_index()
             replaced, (email, name, device, start, end) = self._plan_issue(
-                index, email, name, device, replace, key_type, days, not_before, not_after, now)
+                index, email, name, device, replace, key_type, days, not_before, not_after, now,
+                allowed_domains, relay_only)
             ca_key = self._signing_key(now)
             ca_cert = self.certificate()
             serial_number = x509.random_serial_number()
@@ -599,6 +696,7 @@ class CertificateAuthority:
                 "state": "valid",
                 "revoked_at": None,
                 "revocation_reason": None,
+                "relay_only": bool(relay_only),
             }
             for old in replaced:
                 self._mark_revoked(index, old["serial"], "superseded", now)
@@ -877,6 +975,67 @@ class CertificateAuthority:
         self._load_index()
         return self.ca_summary()
 
+    def rekey(self, new_passphrase=None, check_only=False):
+        """Re-encrypt ``ca.key`` with the current KDF, under ``new_passphrase`` when given.
+
+        Returns a dict: ``changed``, ``passphrase_changed``, ``before`` and
+        ``after`` (``key_encryption()``; ``after`` is what would be written in
+        ``check_only``). Nothing is done when the key already has the current
+        encryption and passphrase, and also when ``passphrase`` no longer
+        opens it but ``new_passphrase`` does with the current encryption (an
+        earlier run re-encrypted it), so a repeated run changes nothing.
+
+        The new key file is read back with the new passphrase before it
+        atomically replaces the old one, under the CA lock; from then on the
+        old passphrase no longer opens it. Raises :class:`CAError` (nothing
+        written) for a passphrase shorter than ``MIN_PASSPHRASE`` or one that
+        opens nothing.
+        """
+        target = new_passphrase or self.passphrase
+        if not target or len(target) < MIN_PASSPHRASE:
+            raise CAError(
+                "re-encrypting the CA key needs a passphrase of at least %d characters (%s has %d); "
+                "nothing was changed" % (MIN_PASSPHRASE, "new_passphrase" if new_passphrase else
+                                         "the current passphrase, give new_passphrase:", len(target or "")))
+        with self._lock():
+            before = self.key_encryption()
+            try:
+                key = self._private_key()
+                opened_with = self.passphrase
+            except CAPassphraseError:
+                if not new_passphrase or new_passphrase == self.passphrase:
+                    raise
+                try:
+                    key, _encryption = self._load_key(new_passphrase)
+                except CAPassphraseError:
+                    raise CAPassphraseError("neither the passphrase nor new_passphrase opens the CA key %s"
+                                            % self.path(CA_KEY))
+                opened_with = new_passphrase
+            result = {"changed": False, "passphrase_changed": target != opened_with,
+                      "before": before, "after": before}
+            if before["current"] and not result["passphrase_changed"]:
+                self._key, self.passphrase = key, target
+                if opened_with == new_passphrase:
+                    self.warnings = []
+                return result
+            result["changed"] = True
+            result["after"] = {"scheme": "pbes2", "kdf": "pbkdf2", "iterations": KEY_KDF_ROUNDS,
+                               "prf": "hmacWithSHA256", "cipher": "aes-256-cbc", "current": True}
+            if check_only:
+                return result
+            pem = _ca_keyfile.encrypt_private_key(key, target, KEY_KDF_ROUNDS)
+            try:
+                readback = serialization.load_pem_private_key(pem, password=target.encode("utf-8"))
+            except (ValueError, TypeError):
+                readback = None
+            if readback is None or _public_der(readback) != _public_der(key):
+                raise CAError("the re-encrypted CA key did not read back; %s was left as it was"
+                              % self.path(CA_KEY))
+            _fileutil.atomic_write(self.path(CA_KEY), pem, mode=0o600)
+            self._key, self.passphrase, self.warnings = key, target, []
+            result["after"] = self.key_encryption()
+            return result
+
     def ca_summary(self, now=None):
         now = now or utcnow()
         cert = self.certificate()
@@ -890,6 +1049,7 @@ class CertificateAuthority:
             "expired": end <= now,
             "fingerprint_sha256": fingerprint_of(cert),
             "key_type": _key_type_of_public(cert.public_key()),
+            "key_encryption": self.key_encryption(),
             "ca_dir": self.ca_dir,
         }
 
@@ -904,6 +1064,7 @@ class CertificateAuthority:
         certs = []
         for rec in index["certificates"]:
             out = dict(rec)
+            out.setdefault("relay_only", False)  # records of older versions lack the marker
             end = parse_time(rec["not_after"])
             out["days_left"] = int((end - now).total_seconds() // 86400)
             if rec["state"] == "revoked":

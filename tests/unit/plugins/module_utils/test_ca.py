@@ -118,8 +118,9 @@ def test_init_refuses_existing_ca_and_short_passphrase(ca, tmp_path):
     with pytest.raises(CAExistsError):
         CertificateAuthority(ca.ca_dir, PASS).init()
     assert snapshot(ca.ca_dir) == before
-    with pytest.raises(CAError, match="at least 8"):
-        CertificateAuthority(str(tmp_path / "new"), "short").init()
+    # 15 characters: one short of the minimum for a new CA; nothing is written
+    with pytest.raises(CAError, match="at least 16 characters"):
+        CertificateAuthority(str(tmp_path / "new"), "fifteen-chars-x").init()
     assert not (tmp_path / "new").exists()
     with pytest.raises(CAError, match="key type"):
         CertificateAuthority(str(tmp_path / "new"), PASS).init(key_type="dsa")
@@ -525,3 +526,128 @@ def test_cached_index_sees_changes_made_by_another_process(ca):
     assert records[first.serial]["revocation_reason"] == "superseded"
     assert len(records) == 2
     assert ca.crl_status()["revoked_serials"] == [first.serial]
+
+
+# ------------------------------------------------------- the key at rest
+OLD_PASS = "old-pass8"  # 9 characters: allowed by earlier versions (minimum 8)
+
+
+def kdf_of_key_file(path):
+    """PBES2 parameters of an encrypted PKCS#8 file as openssl asn1parse reads them."""
+    out = openssl("asn1parse", "-in", str(path)).stdout
+    assert "PBES2" in out and "PBKDF2" in out, out
+    params = out.split("PBKDF2", 1)[1]
+    # the first INTEGER after the salt is the iteration count, printed in hex
+    iterations = int(params.split("prim: INTEGER", 1)[1].split(":", 1)[1].split()[0], 16)
+    return {"iterations": iterations, "prf": "hmacWithSHA256" in params,
+            "aes256": "aes-256-cbc" in params}
+
+
+def make_old_ca(folder, passphrase=OLD_PASS):
+    """A CA as an earlier version left it: cryptography's BestAvailableEncryption key (2,048 rounds)."""
+    CertificateAuthority(str(folder), PASS).init()
+    key_path = os.path.join(str(folder), "ca.key")
+    with open(key_path, "rb") as handle:
+        key = serialization.load_pem_private_key(handle.read(), PASS.encode())
+    with open(key_path, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.BestAvailableEncryption(passphrase.encode())))
+    assert kdf_of_key_file(key_path)["iterations"] == 2048
+    return str(folder)
+
+
+def test_new_ca_key_uses_600000_pbkdf2_sha256_rounds(ca_template):
+    kdf = kdf_of_key_file(ca_template / "ca.key")
+    assert kdf == {"iterations": 600000, "prf": True, "aes256": True}
+    # openssl (not our code) decrypts it with the passphrase, and refuses a wrong one
+    openssl("pkcs8", "-in", str(ca_template / "ca.key"), "-passin", "pass:" + PASS, "-nocrypt",
+            "-topk8", "-out", os.devnull)
+    assert openssl("pkcs8", "-in", str(ca_template / "ca.key"), "-passin", "pass:wrong-passphrase-x",
+                   "-out", os.devnull, check=False).returncode != 0
+    info = CertificateAuthority(str(ca_template)).info()["ca"]["key_encryption"]
+    assert info["iterations"] == 600000 and info["current"]
+
+
+def test_old_2048_round_ca_with_short_passphrase_still_issues_with_warnings(tmp_path):
+    folder = make_old_ca(tmp_path / "old")
+    ca = CertificateAuthority(folder, OLD_PASS)
+    issued = ca.issue("ann@example.org", "Ann", "phone")
+    assert verify(ca, tmp_path, issued.cert_pem).returncode == 0
+    text = " ".join(ca.warnings)
+    assert "2048 rounds" in text and "rekey: true" in text and "fewer than 16 characters" in text
+    assert OLD_PASS not in text
+    assert CertificateAuthority(folder).info()["ca"]["key_encryption"]["current"] is False
+
+
+def test_rekey_changes_the_file_and_the_old_passphrase_no_longer_opens_it(tmp_path):
+    folder = make_old_ca(tmp_path / "old")
+    key_path = os.path.join(folder, "ca.key")
+    new_pass = "a much longer new passphrase"
+    with pytest.raises(CAError, match="at least 16"):
+        CertificateAuthority(folder, OLD_PASS).rekey()  # the old short one is not good enough
+    with pytest.raises(CAError, match="new_passphrase has 15"):
+        CertificateAuthority(folder, OLD_PASS).rekey(new_passphrase="fifteen-chars-x")
+    before = snapshot(folder)
+    planned = CertificateAuthority(folder, OLD_PASS).rekey(new_passphrase=new_pass, check_only=True)
+    assert planned["changed"] and planned["passphrase_changed"] and planned["before"]["iterations"] == 2048
+    assert snapshot(folder) == before
+    ca = CertificateAuthority(folder, OLD_PASS)
+    done = ca.rekey(new_passphrase=new_pass)
+    assert done["changed"] and done["after"]["iterations"] == 600000 and ca.warnings == []
+    assert snapshot(folder)["ca.key"] != before["ca.key"]
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    assert kdf_of_key_file(key_path) == {"iterations": 600000, "prf": True, "aes256": True}
+    with open(key_path, "rb") as handle:
+        data = handle.read()
+    with pytest.raises(ValueError):
+        serialization.load_pem_private_key(data, OLD_PASS.encode())
+    with pytest.raises(CAError, match="wrong passphrase"):
+        CertificateAuthority(folder, OLD_PASS).check()
+    # the same CA key (same certificate) under the new passphrase, and it still signs
+    renewed = CertificateAuthority(folder, new_pass)
+    assert renewed.issue("bob@example.org", "Bob", "phone").serial and renewed.warnings == []
+    # a repeated run (vault not yet updated) changes nothing; a wrong pair is refused
+    again = CertificateAuthority(folder, OLD_PASS).rekey(new_passphrase=new_pass)
+    assert not again["changed"]
+    with pytest.raises(CAError, match="neither the passphrase nor new_passphrase"):
+        CertificateAuthority(folder, "not the passphrase at all").rekey(new_passphrase="nor is this one, sorry")
+    assert not CertificateAuthority(folder, new_pass).rekey()["changed"]
+
+
+def test_the_key_is_derived_once_per_object(ca, monkeypatch):
+    """600,000 rounds cost ~0.1-0.5 s: one CA object (one module run) pays them once."""
+    calls = []
+    real = serialization.load_pem_private_key
+    monkeypatch.setattr(_ca.serialization, "load_pem_private_key",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    ca.check()
+    ca.plan_issue("ann@example.org", "Ann", "phone")
+    first = ca.issue("ann@example.org", "Ann", "phone")
+    ca.issue("ann@example.org", "Ann", "phone", replace=True)
+    ca.revoke(first.serial)
+    ca.crl()
+    assert len(calls) == 1 and ca._key_loads == 1
+
+
+# ------------------------------------------------- identity = whole address
+def test_address_outside_the_served_domains_needs_relay_only(ca):
+    served = ["Example.org", "mail.example.net"]
+    before = snapshot(ca.ca_dir)
+    with pytest.raises(CAError, match="outside the mail domains this host serves"):
+        ca.issue("demo@partner.example", "Demo", "phone", allowed_domains=served)
+    with pytest.raises(CAError, match="outside"):  # a subdomain is another domain
+        ca.plan_issue("demo@sub.example.org", "Demo", "phone", allowed_domains=served)
+    with pytest.raises(CAError, match="cannot be marked relay-only"):
+        ca.issue("ann@EXAMPLE.org", "Ann", "phone", allowed_domains=served, relay_only=True)
+    with pytest.raises(CAError, match="relay_only needs the list"):
+        ca.issue("demo@partner.example", "Demo", "phone", relay_only=True)
+    with pytest.raises(CAError, match="not a domain name"):
+        ca.issue("ann@example.org", "Ann", "phone", allowed_domains=["bad domain"])
+    assert snapshot(ca.ca_dir) == before
+    ann = ca.issue("ann@example.org", "Ann", "phone", allowed_domains=served)
+    relay = ca.issue("demo@partner.example", "Demo", "printer", allowed_domains=served, relay_only=True)
+    assert ann.record["relay_only"] is False and relay.record["relay_only"] is True
+    listed = {c["email"]: c["relay_only"] for c in ca.info()["certificates"]}
+    assert listed == {"ann@example.org": False, "demo@partner.example": True}
+    # without a list nothing is checked (the behaviour of earlier versions)
+    assert ca.issue("carl@other.example", "Carl", "phone").record["relay_only"] is False
