@@ -23,6 +23,8 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
+import fcntl
+import glob
 import os
 import stat
 
@@ -182,20 +184,61 @@ def remove_owned_file(path, owner, check_mode=False):
         return exists
 
 
+def controller_tty():
+    """Path of the terminal the playbook was started from, or None.
+
+    Ansible's worker processes start a session of their own (``setsid``), so
+    ``/dev/tty`` names no terminal there: the first ancestor process that
+    still has a controlling terminal (``ansible-playbook``) tells which one.
+    """
+    pid = os.getpid()
+    for _level in range(32):
+        try:
+            with open("/proc/%d/stat" % pid) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            ppid, tty_nr = int(fields[1]), int(fields[4])
+        except (IOError, OSError, IndexError, ValueError):
+            return None
+        if tty_nr:
+            for path in sorted(glob.glob("/dev/pts/[0-9]*")) + sorted(glob.glob("/dev/tty[0-9]*")):
+                try:
+                    if os.stat(path).st_rdev == tty_nr:
+                        return path
+                except OSError:
+                    continue
+            return None
+        if ppid <= 1:
+            return None
+        pid = ppid
+    return None
+
+
 def show_on_tty(text):
-    """Write ``text`` to the controlling terminal, bypassing every callback.
+    """Write ``text`` to the operator's terminal, bypassing every callback.
 
     Returns False when there is no terminal (CI, AWX, cron): the file is then
-    the only copy, which is what those runs want.
+    the only copy, which is what those runs want. Messages from several forks
+    are written one at a time (a lock on the terminal), never interleaved.
     """
-    try:
-        fd = os.open("/dev/tty", os.O_WRONLY | os.O_NOCTTY)
-    except OSError:
+    fd = None
+    for path in ("/dev/tty", controller_tty()):
+        if not path:
+            continue
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NOCTTY)
+            break
+        except OSError:
+            continue
+    if fd is None:
         return False
     try:
         data = text.encode("utf-8")
         if not data.endswith(b"\n"):
             data += b"\n"
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
         while data:
             written = os.write(fd, data)
             data = data[written:]
