@@ -61,6 +61,7 @@ all:
     hardened_ca_dir: $demo_dir/ca
     hardened_ca_passphrase: "{{ lookup('ansible.builtin.file', '$demo_dir/ca_passphrase') }}"
     ca_organization: hardened.mailhost demo
+    hardened_mailhost_mail_domains: [example.test]
 mailhosts:
   hosts:
     $name:
@@ -90,13 +91,12 @@ ansible-playbook -i "$demo_dir/inventory.yml" "$HM_ROOT/playbooks/site.yml"
 bundles=$secrets_dir/bundles
 bundle=$bundles/demo@example.test_laptop.p12
 if [ ! -s "$bundle" ] || [ ! -s "${bundle%.p12}.pass" ]; then
-    rm -f "$bundle"
-    issued=$(ansible-playbook -i "$demo_dir/inventory.yml" "$HM_ROOT/playbooks/issue_cert.yml" \
+    rm -f "$bundle" "${bundle%.p12}.pass"
+    # The playbook writes the password (never printed) to <bundle>.pass, 0600.
+    ansible-playbook -i "$demo_dir/inventory.yml" "$HM_ROOT/playbooks/issue_cert.yml" \
         -e cert_email=demo@example.test -e "cert_name='Demo User'" -e cert_device=laptop \
-        -e cert_replace=true -e cert_bundle_keep_seconds=0 -e cert_bundle_dir="$bundles")
-    printf '%s\n' "$issued" | grep -v 'Password: '
-    (umask 077 && printf '%s\n' "$issued" | sed -n "s/.*Password: \([A-Za-z0-9_-]*\).*/\1/p" | head -n1 >"${bundle%.p12}.pass")
-    [ -s "${bundle%.p12}.pass" ] || { echo "could not read the bundle password" >&2; exit 1; }
+        -e cert_replace=true -e cert_bundle_keep_seconds=0 -e cert_bundle_dir="$bundles"
+    [ -s "${bundle%.p12}.pass" ] || { echo "the playbook wrote no bundle password" >&2; exit 1; }
 fi
 podman cp "$name:/etc/ssl/hardened-mailhost/server.crt" "$demo_dir/server.crt"
 
