@@ -34,6 +34,10 @@ options:
     description:
       - Passphrase that encrypts the CA private key (keep it in Ansible Vault as
         C(hardened_ca_passphrase)). Never logged.
+      - A new CA needs at least 16 characters. The shorter passphrase of a CA made by an
+        older version still opens it, with a warning; change it with
+        M(hardened.mailhost.client_ca) O(hardened.mailhost.client_ca#module:rekey=true) and
+        O(hardened.mailhost.client_ca#module:new_passphrase).
     type: str
     required: true
 """

@@ -20,9 +20,15 @@ description:
     certificate (C(basicConstraints CA:TRUE, pathlen:0), key usage
     C(keyCertSign, cRLSign)) valid for O(days), an empty index, a first CRL and the
     two export files for Postfix and Dovecot.
-  - An existing CA is never changed or replaced; O(key_type), O(common_name),
+  - The key of a new CA is stored as PKCS#8 encrypted with PBES2, PBKDF2-HMAC-SHA256 at
+    600000 rounds and AES-256-CBC. A new CA needs a passphrase of at least 16 characters.
+  - An existing CA is never replaced; O(key_type), O(common_name),
     O(organization), O(days) and O(crl_next_update_days) only apply when the CA is
     created. A damaged or incomplete CA is an error, not a reason to make a new one.
+  - A CA made by an older version (key encrypted with 2048 PBKDF2 rounds, or a passphrase
+    shorter than 16 characters) still opens, with a warning. O(rekey=true) re-encrypts its
+    key with the current parameters, under O(new_passphrase) when given; the only change
+    this module ever makes to an existing CA.
 author:
   - hardened.mailhost developers (!UNKNOWN)
 extends_documentation_fragment:
@@ -32,10 +38,14 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Reports whether a CA would be created; nothing is generated in check mode.
+    details:
+      - Reports whether a CA would be created or its key re-encrypted (after opening the key
+        with the passphrase); nothing is generated or written in check mode.
   diff_mode:
     support: full
-    details: Shows the new CA certificate's subject, validity and fingerprint (never the key).
+    details:
+      - Shows the new CA certificate's subject, validity and fingerprint, or the key
+        encryption before and after O(rekey) (never the key or a passphrase).
   idempotent:
     support: full
 options:
@@ -65,6 +75,24 @@ options:
         every client certificate once the CRL has expired, so refresh it well before.
     type: int
     default: 30
+  rekey:
+    description:
+      - Re-encrypt the key of an existing CA with the current parameters (PBKDF2-HMAC-SHA256,
+        600000 rounds, AES-256-CBC), under O(new_passphrase) when given, else under
+        O(passphrase), which must then have at least 16 characters.
+      - The new key file is read back before it atomically replaces the old one; the old
+        passphrase no longer opens it. Not a change when the key already has the current
+        encryption and passphrase, or when O(passphrase) fails but O(new_passphrase) opens a
+        key that was already re-encrypted (a repeated run).
+      - Ignored when the CA is created by this run (a new key is always current); O(new_passphrase)
+        is then an error.
+    type: bool
+    default: false
+  new_passphrase:
+    description:
+      - New passphrase of the CA key with O(rekey=true), at least 16 characters. Store it in
+        Ansible Vault as C(hardened_ca_passphrase) right after the run. Never logged.
+    type: str
 seealso:
   - module: hardened.mailhost.client_cert
   - module: hardened.mailhost.client_crl
@@ -77,6 +105,15 @@ EXAMPLES = r"""
     ca_dir: "{{ hardened_ca_dir }}"
     passphrase: "{{ hardened_ca_passphrase }}"
     organization: Example Mail
+  delegate_to: localhost
+  run_once: true
+
+- name: Re-encrypt the key of a CA made by an older version, with a new passphrase
+  hardened.mailhost.client_ca:
+    ca_dir: "{{ hardened_ca_dir }}"
+    passphrase: "{{ hardened_ca_passphrase }}"
+    rekey: true
+    new_passphrase: "{{ vault_new_ca_passphrase }}"
   delegate_to: localhost
   run_once: true
 
@@ -119,6 +156,15 @@ ca:
       description: Key type of the CA.
       type: str
       sample: ec-p256
+    key_encryption:
+      description: How the CA key file is encrypted (after O(rekey), the new file).
+      type: dict
+      sample: {scheme: pbes2, kdf: pbkdf2, iterations: 600000, prf: hmacWithSHA256, cipher: aes-256-cbc, current: true}
+rekeyed:
+  description: Whether the CA key was re-encrypted by this run (or would be, in check mode).
+  returned: always
+  type: bool
+  sample: false
 ca_cert_path:
   description: Path of the CA certificate.
   returned: always
@@ -135,12 +181,26 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.hardened.mailhost.plugins.module_utils import _ca
+from ansible_collections.hardened.mailhost.plugins.module_utils import _ca, _ca_keyfile
 
 
 def _summary_text(summary):
     return "".join("%s: %s\n" % (key, summary[key])
                    for key in ("subject", "not_before", "not_after", "key_type", "fingerprint_sha256"))
+
+
+def _encryption_text(encryption, passphrase_changed=False):
+    return "key encryption: %s\npassphrase: %s\n" % (
+        _ca_keyfile.describe(encryption or {}) or "(unreadable)", "new" if passphrase_changed else "unchanged")
+
+
+def _rekey(module, ca, result):
+    p = module.params
+    outcome = ca.rekey(new_passphrase=p["new_passphrase"], check_only=module.check_mode)
+    result.update(changed=outcome["changed"], rekeyed=outcome["changed"], ca=ca.ca_summary())
+    if module._diff and outcome["changed"]:
+        result["diff"] = dict(before=_encryption_text(outcome["before"]),
+                              after=_encryption_text(outcome["after"], outcome["passphrase_changed"]))
 
 
 def main():
@@ -153,6 +213,8 @@ def main():
             organization=dict(type="str"),
             days=dict(type="int", default=3650),
             crl_next_update_days=dict(type="int", default=30),
+            rekey=dict(type="bool", default=False),
+            new_passphrase=dict(type="str", no_log=True),
         ),
         supports_check_mode=True,
     )
@@ -161,12 +223,23 @@ def main():
                          exception=str(_ca.CRYPTOGRAPHY_IMPORT_ERROR))
     p = module.params
     ca = _ca.CertificateAuthority(p["ca_dir"], p["passphrase"])
-    result = dict(changed=False, created=False, ca={},
+    result = dict(changed=False, created=False, rekeyed=False, ca={},
                   ca_cert_path=ca.path(_ca.CA_CERT), crl_path=ca.path(_ca.CRL_FILE))
+    if p["new_passphrase"] is not None and not p["rekey"]:
+        module.fail_json(msg="new_passphrase is only used with rekey: true; nothing was changed")
     try:
-        if ca.exists():
+        if ca.exists() and p["rekey"]:
+            _rekey(module, ca, result)
+        elif ca.exists():
             result["ca"] = ca.check()
         else:
+            if p["new_passphrase"] is not None:
+                raise _ca.CAError("new_passphrase re-encrypts an existing CA, and %s holds none: create the "
+                                  "CA with passphrase alone; nothing was changed" % ca.ca_dir)
+            if p["passphrase"] and len(p["passphrase"]) < _ca.MIN_PASSPHRASE:
+                # before check mode returns, so a check run tells the truth too
+                raise _ca.CAError("the passphrase of a new CA must have at least %d characters (got %d); "
+                                  "nothing was created" % (_ca.MIN_PASSPHRASE, len(p["passphrase"])))
             if p["days"] < 1:
                 raise _ca.CAError("days must be at least 1, got %d" % p["days"])
             if module.check_mode:
@@ -186,6 +259,8 @@ def main():
         module.fail_json(msg=str(exc))
     except (IOError, OSError) as exc:
         module.fail_json(msg="cannot use the CA folder %s: %s" % (p["ca_dir"], exc))
+    for warning in ca.warnings:
+        module.warn(warning)
     module.exit_json(**result)
 
 

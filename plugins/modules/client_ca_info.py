@@ -81,6 +81,14 @@ ca:
     key_type:
       description: Key type, for example C(ec-p256).
       type: str
+    key_encryption:
+      description:
+        - How C(ca.key) is encrypted, read from the file without the passphrase (null when
+          unreadable). C(current=false) means weaker than this collection's standard
+          (PBKDF2-HMAC-SHA256, 600000 rounds, AES-256-CBC); re-encrypt it with
+          M(hardened.mailhost.client_ca) O(hardened.mailhost.client_ca#module:rekey=true).
+      type: dict
+      sample: {scheme: pbes2, kdf: pbkdf2, iterations: 600000, prf: hmacWithSHA256, cipher: aes-256-cbc, current: true}
 crl:
   description: The current CRL.
   returned: always
@@ -148,6 +156,11 @@ certificates:
     revocation_reason:
       description: Revocation reason, or null.
       type: str
+    relay_only:
+      description:
+        - Whether the certificate was issued as a relay-only identity (an address outside
+          the served mail domains; it may relay through Postfix but never opens a mailbox).
+      type: bool
 exports:
   description: Paths of the export files.
   returned: always

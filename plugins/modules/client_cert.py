@@ -28,6 +28,11 @@ description:
     certificate of O(email) + O(device). The CRL is re-signed at once and the export
     files are rewritten; a certificate that is already revoked is not a change, an
     unknown serial or device is an error.
+  - A certificate's identity is its whole address. With O(allowed_domains) (the mail domains
+    this host serves, C(hardened_mailhost_mail_domains)), an address of another domain is
+    refused, nothing written, unless O(relay_only=true) marks it as a relay-only identity:
+    it may relay through Postfix but never opens a mailbox (Dovecot accepts only served
+    domains). The index record carries the marker (C(relay_only)), so listings show it.
   - After every change the Postfix fingerprint map and the Dovecot CA+CRL file in
     C(<ca_dir>/export/) are rewritten; push them to the mail hosts (the
     C(issue_cert.yml) and C(revoke_cert.yml) playbooks do).
@@ -41,7 +46,7 @@ attributes:
   check_mode:
     support: full
     details:
-      - Runs every check (input, passphrase, duplicate, CA validity) and reports what
+      - Runs every check (input, domain, passphrase, duplicate, CA validity) and reports what
         would be issued or revoked; no key or certificate is made.
   diff_mode:
     support: full
@@ -116,6 +121,24 @@ options:
         and some Android mail apps. Only as safe as its random password.
     type: bool
     default: false
+  allowed_domains:
+    description:
+      - The mail domains this host serves (case-insensitive), the one list shared by the
+        C(ca), C(postfix) and C(dovecot) roles (C(hardened_mailhost_mail_domains)). An
+        O(email) outside them is refused unless O(relay_only=true).
+      - When omitted the domain is not checked (the behaviour of earlier versions) and the
+        module warns.
+      - Only with O(state=present).
+    type: list
+    elements: str
+  relay_only:
+    description:
+      - Issue the certificate as a relay-only identity for an address outside O(allowed_domains)
+        (for example a device that sends as C(alerts@partner.example)). Recorded in the index.
+        Such a certificate never opens a mailbox; refused for an address in a served domain,
+        and without O(allowed_domains).
+    type: bool
+    default: false
 notes:
   - >-
     RV(pkcs12_password) is a secret. A module cannot mask its own return values, so the
@@ -138,6 +161,29 @@ EXAMPLES = r"""
   delegate_to: localhost
   run_once: true
   register: ann_phone
+  no_log: true
+
+- name: Issue only for addresses of the served domains
+  hardened.mailhost.client_cert:
+    ca_dir: "{{ hardened_ca_dir }}"
+    passphrase: "{{ hardened_ca_passphrase }}"
+    email: ann@example.org
+    name: Ann Example
+    device: laptop
+    allowed_domains: "{{ hardened_mailhost_mail_domains }}"
+    pkcs12_path: /root/bundles/ann@example.org_laptop.p12
+  no_log: true
+
+- name: A monitoring box that relays as an outside address (never opens a mailbox)
+  hardened.mailhost.client_cert:
+    ca_dir: "{{ hardened_ca_dir }}"
+    passphrase: "{{ hardened_ca_passphrase }}"
+    email: alerts@partner.example
+    name: Monitoring
+    device: nagios
+    allowed_domains: "{{ hardened_mailhost_mail_domains }}"
+    relay_only: true
+    pkcs12_path: /root/bundles/alerts@partner.example_nagios.p12
   no_log: true
 
 - name: Replace the certificate of a phone that was reset
@@ -202,6 +248,10 @@ pkcs12_password:
   description: Random password of the bundle. Secret, returned once; set C(no_log) on the task.
   returned: state=present and not check mode
   type: str
+relay_only:
+  description: Whether the certificate was issued as a relay-only identity.
+  returned: state=present
+  type: bool
 replaced:
   description: Serials revoked as superseded by this issue (O(replace=true)).
   returned: state=present
@@ -222,7 +272,7 @@ from ansible_collections.hardened.mailhost.plugins.module_utils import _ca, _fil
 
 
 def _records_text(records):
-    keys = ("serial", "subject", "not_after", "state", "revocation_reason", "fingerprint_sha256")
+    keys = ("serial", "subject", "not_after", "state", "revocation_reason", "relay_only", "fingerprint_sha256")
     return "".join(
         "- " + "\n  ".join("%s: %s" % (key, rec.get(key)) for key in keys) + "\n"
         for rec in sorted(records, key=lambda r: r["serial"]))
@@ -254,13 +304,19 @@ def present(module, ca):
     if p["serial"]:
         raise _ca.CAError("serial is only used with state=revoked")
     if not 1 <= p["days"] <= 825:
-        raise _ca.CAError("days must be between 1 and 825, got %d" % p["days"])
+        raise _ca.CAError("days must be between 1 and 825, got %d (CA/Browser Forum limit for "
+                          "client certificates); nothing was issued" % p["days"])
+    _ca.check_identity(_ca.validate_email(p["email"]), p["allowed_domains"], p["relay_only"])
+    if p["allowed_domains"] is None:
+        module.warn("allowed_domains is not set (hardened_mailhost_mail_domains unknown): the domain of "
+                    "%s was not checked against the domains this host serves" % p["email"].lower())
     _check_bundle_path(p["pkcs12_path"])
     before = _device_records(ca, _ca.validate_email(p["email"]), p["device"]) \
         if _ca.DEVICE_RE.fullmatch(p["device"]) else []
     replaced = ca.plan_issue(p["email"], p["name"], p["device"], replace=p["replace"],
-                             key_type=p["key_type"], days=p["days"])
-    result = dict(changed=True, pkcs12_path=p["pkcs12_path"],
+                             key_type=p["key_type"], days=p["days"],
+                             allowed_domains=p["allowed_domains"], relay_only=p["relay_only"])
+    result = dict(changed=True, pkcs12_path=p["pkcs12_path"], relay_only=p["relay_only"],
                   replaced=[rec["serial"] for rec in replaced])
     if module.check_mode:
         if module._diff:
@@ -268,7 +324,8 @@ def present(module, ca):
                                   after=_records_text(before) + "- (new certificate)\n")
         return result
     issued = ca.issue(p["email"], p["name"], p["device"], days=p["days"], replace=p["replace"],
-                      key_type=p["key_type"], pkcs12_legacy=p["pkcs12_legacy"])
+                      key_type=p["key_type"], pkcs12_legacy=p["pkcs12_legacy"],
+                      allowed_domains=p["allowed_domains"], relay_only=p["relay_only"])
     folder = os.path.dirname(os.path.abspath(p["pkcs12_path"]))
     if not os.path.isdir(folder):
         os.makedirs(folder, 0o700)
@@ -287,6 +344,8 @@ def present(module, ca):
 
 def revoked(module, ca):
     p = module.params
+    if p["allowed_domains"] is not None or p["relay_only"]:
+        raise _ca.CAError("allowed_domains and relay_only are only used with state=present")
     if p["serial"]:
         if p["email"] or p["device"]:
             raise _ca.CAError("give either serial or email + device, not both")
@@ -328,6 +387,8 @@ def main():
             key_type=dict(type="str", default="ec-p256", choices=list(_ca.KEY_TYPES)),
             pkcs12_path=dict(type="path"),
             pkcs12_legacy=dict(type="bool", default=False),
+            allowed_domains=dict(type="list", elements="str"),
+            relay_only=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -344,6 +405,8 @@ def main():
         module.fail_json(msg=str(exc))
     except (IOError, OSError) as exc:
         module.fail_json(msg="cannot use the CA folder %s: %s" % (module.params["ca_dir"], exc))
+    for warning in ca.warnings:
+        module.warn(warning)
     module.exit_json(**result)
 
 

@@ -203,6 +203,8 @@ def main():
         module.fail_json(msg=str(exc))
     except (IOError, OSError) as exc:
         module.fail_json(msg="cannot use the CA folder %s: %s" % (p["ca_dir"], exc))
+    for warning in ca.warnings:
+        module.warn(warning)
     module.exit_json(**result)
 
 

@@ -34,11 +34,14 @@ def main():
     except (IOError, OSError) as exc:
         print("cannot read the passphrase file: %s" % exc, file=sys.stderr)
         return 1
+    ca = CertificateAuthority(args.ca_dir, passphrase)
     try:
-        status = CertificateAuthority(args.ca_dir, passphrase).crl(next_update_days=args.days)
+        status = ca.crl(next_update_days=args.days)
     except CAError as exc:
         print("CRL not refreshed: %s" % exc, file=sys.stderr)
         return 1
+    for warning in ca.warnings:  # e.g. a key still encrypted the old way
+        print("warning: %s" % warning, file=sys.stderr)
     print("CRL %d signed, next update %s, %d revoked"
           % (status["number"], status["next_update"], len(status["revoked_serials"])))
     return 0

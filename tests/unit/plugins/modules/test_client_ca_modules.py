@@ -25,10 +25,16 @@ PASS = "module test passphrase"
 
 def run(tmp_path, module, check=False, diff=False, **args):
     result, proc = module_runner.run_module(module, tmp_path, check=check, diff=diff, **args)
-    if "passphrase" in args:
-        assert args["passphrase"] not in proc.stdout + proc.stderr
+    for secret in ("passphrase", "new_passphrase"):
+        if args.get(secret):
+            assert args[secret] not in proc.stdout + proc.stderr
     result["_raw"] = proc.stdout
     return result
+
+
+def warnings_of(result):
+    """The warnings as one text (ansible-core 2.19 returns them as dicts)."""
+    return json.dumps(result.get("warnings", []))
 
 
 def snapshot(folder):
@@ -89,8 +95,9 @@ def test_client_ca_errors_change_nothing(tmp_path, ca_dir):
     before = snapshot(ca_dir)
     wrong = run(tmp_path, "client_ca", ca_dir=str(ca_dir), passphrase="Not-The-Right-One")
     assert wrong["failed"] and "wrong passphrase" in wrong["msg"]
-    short = run(tmp_path, "client_ca", ca_dir=str(tmp_path / "x"), passphrase="short")
-    assert short["failed"] and "at least 8" in short["msg"] and not (tmp_path / "x").exists()
+    for check in (True, False):  # 15 characters: refused for a new CA, nothing written
+        short = run(tmp_path, "client_ca", check=check, ca_dir=str(tmp_path / "x"), passphrase="fifteen-chars-x")
+        assert short["failed"] and "at least 16 characters" in short["msg"] and not (tmp_path / "x").exists()
     (ca_dir / "index.json").write_text("{broken")
     broken = run(tmp_path, "client_ca", ca_dir=str(ca_dir), passphrase=PASS)
     assert broken["failed"] and "corrupt" in broken["msg"]
@@ -148,6 +155,11 @@ def test_client_cert_bad_input(tmp_path, ca_dir):
         (dict(device="../../etc"), "device label"),
         (dict(name=""), "name is required"),
         (dict(days=0), "between 1 and 825"),
+        (dict(days=826), "between 1 and 825, got 826"),
+        (dict(email="demo@partner.example", allowed_domains=["example.org"]),
+         "outside the mail domains this host serves"),
+        (dict(allowed_domains=["example.org"], relay_only=True), "cannot be marked relay-only"),
+        (dict(relay_only=True), "relay_only needs the list"),
         (dict(passphrase="Not-The-Right-One"), "wrong passphrase"),
         (dict(ca_dir=str(tmp_path / "missing")), "no CA in"),
         (dict(serial="01"), "only used with state=revoked"),
@@ -266,3 +278,140 @@ def test_client_ca_info(tmp_path, ca_dir):
     assert ann["certificates"][0]["days_left"] in (119, 120)
     missing = run(tmp_path, "client_ca_info", ca_dir=str(tmp_path / "none"))
     assert missing["failed"] and "no CA in" in missing["msg"]
+
+
+def test_client_cert_days_over_the_limit_writes_nothing(tmp_path, ca_dir):
+    """826 days: one over the CA/Browser Forum limit; clear message, no bundle, index unchanged."""
+    before = snapshot(ca_dir)
+    args = cert_args(ca_dir, tmp_path, days=826)
+    result = run(tmp_path, "client_cert", **args)
+    assert result["failed"] and result["msg"].startswith("days must be between 1 and 825, got 826")
+    assert "nothing was issued" in result["msg"]
+    assert not os.path.exists(args["pkcs12_path"]) and not os.path.exists(os.path.dirname(args["pkcs12_path"]))
+    assert snapshot(ca_dir) == before
+    ok = run(tmp_path, "client_cert", **cert_args(ca_dir, tmp_path, days=825))
+    assert ok["changed"] and ok["serial"]
+
+
+def test_client_cert_served_domains_and_relay_only(tmp_path, ca_dir):
+    served = ["Example.org"]
+    before = snapshot(ca_dir)
+    outside = cert_args(ca_dir, tmp_path, email="demo@partner.example", allowed_domains=served)
+    refused = run(tmp_path, "client_cert", **outside)
+    assert refused["failed"] and "outside the mail domains this host serves (example.org)" in refused["msg"]
+    assert "relay_only" in refused["msg"] and not os.path.exists(outside["pkcs12_path"])
+    assert snapshot(ca_dir) == before
+    relay = run(tmp_path, "client_cert", diff=True, relay_only=True, **outside)
+    assert relay["changed"] and relay["relay_only"] is True and "relay_only: True" in relay["diff"]["after"]
+    mailbox = run(tmp_path, "client_cert", **cert_args(ca_dir, tmp_path, allowed_domains=served))
+    assert mailbox["changed"] and mailbox["relay_only"] is False and not mailbox.get("warnings")
+    unchecked = run(tmp_path, "client_cert", **cert_args(ca_dir, tmp_path, device="laptop"))
+    assert "allowed_domains is not set" in warnings_of(unchecked)
+    listed = run(tmp_path, "client_ca_info", ca_dir=str(ca_dir))["certificates"]
+    assert {(c["email"], c["device"], c["relay_only"]) for c in listed} == {
+        ("demo@partner.example", "phone", True), ("ann@example.org", "phone", False),
+        ("ann@example.org", "laptop", False)}
+
+
+OLD_PASS = "old-pass8"  # allowed by earlier versions (8 characters minimum)
+NEW_PASS = "a new and much longer CA passphrase"
+
+
+def make_old_ca(folder):
+    """A CA as an earlier version wrote it: BestAvailableEncryption (2,048 PBKDF2 rounds)."""
+    CertificateAuthority(str(folder), PASS).init()
+    key_path = folder / "ca.key"
+    key = serialization.load_pem_private_key(key_path.read_bytes(), PASS.encode())
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.BestAvailableEncryption(OLD_PASS.encode())))
+    return folder
+
+
+def iterations_by_openssl(key_path):
+    """PBKDF2 iteration count as ``openssl asn1parse`` prints it (hex INTEGER after the salt)."""
+    out = subprocess.run(["openssl", "asn1parse", "-in", str(key_path)], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    params = out.split(":PBKDF2", 1)[1]
+    return int(params.split("prim: INTEGER", 1)[1].split(":", 1)[1].split()[0], 16)
+
+
+def test_client_ca_new_key_has_600000_rounds(tmp_path, ca_dir):
+    assert iterations_by_openssl(ca_dir / "ca.key") == 600000
+    info = run(tmp_path, "client_ca_info", ca_dir=str(ca_dir))["ca"]["key_encryption"]
+    assert info == {"scheme": "pbes2", "kdf": "pbkdf2", "iterations": 600000, "prf": "hmacWithSHA256",
+                    "cipher": "aes-256-cbc", "current": True}
+
+
+def test_old_ca_still_works_and_is_re_encrypted_on_request(tmp_path):
+    folder = make_old_ca(tmp_path / "old")
+    assert iterations_by_openssl(folder / "ca.key") == 2048
+    old = dict(ca_dir=str(folder), passphrase=OLD_PASS)
+    # the old CA opens and still issues, with warnings that name no secret
+    checked = run(tmp_path, "client_ca", **old)
+    assert not checked["changed"] and not checked["ca"]["key_encryption"]["current"]
+    issued = run(tmp_path, "client_cert", **cert_args(folder, tmp_path, passphrase=OLD_PASS))
+    assert issued["changed"] and verify(tmp_path, folder, issued["cert_pem"])[0]
+    text = warnings_of(issued)
+    assert "2048 rounds" in text and "fewer than 16 characters" in text and "rekey: true" in text
+    # refused: rekey under the short passphrase, a short new one, new_passphrase without rekey
+    before = snapshot(folder)
+    for extra, message in [(dict(rekey=True), "at least 16 characters"),
+                           (dict(rekey=True, new_passphrase="fifteen-chars-x"), "new_passphrase has 15"),
+                           (dict(new_passphrase=NEW_PASS), "only used with rekey: true")]:
+        result = run(tmp_path, "client_ca", **dict(old, **extra))
+        assert result["failed"] and message in result["msg"], result["msg"]
+    # check mode plans it and writes nothing
+    planned = run(tmp_path, "client_ca", check=True, diff=True, rekey=True, new_passphrase=NEW_PASS, **old)
+    assert planned["changed"] and planned["rekeyed"] and "2048 rounds" in planned["diff"]["before"]
+    assert "600000 rounds" in planned["diff"]["after"] and "passphrase: new" in planned["diff"]["after"]
+    assert snapshot(folder) == before
+    done = run(tmp_path, "client_ca", diff=True, rekey=True, new_passphrase=NEW_PASS, **old)
+    assert done["changed"] and done["rekeyed"] and not done.get("warnings")
+    assert done["ca"]["key_encryption"]["iterations"] == 600000
+    after = snapshot(folder)
+    assert after["ca.key"] != before["ca.key"]
+    assert {k: v for k, v in after.items() if k != "ca.key"} == {k: v for k, v in before.items() if k != "ca.key"}
+    assert stat.S_IMODE((folder / "ca.key").stat().st_mode) == 0o600
+    assert iterations_by_openssl(folder / "ca.key") == 600000
+    # the old passphrase no longer opens it (our modules and openssl agree); the new one does
+    wrong = run(tmp_path, "client_crl", **old)
+    assert wrong["failed"] and "wrong passphrase" in wrong["msg"]
+    assert subprocess.run(["openssl", "pkey", "-in", str(folder / "ca.key"), "-passin", "pass:" + OLD_PASS,
+                           "-noout"], capture_output=True, timeout=30, check=False).returncode != 0
+    assert subprocess.run(["openssl", "pkey", "-in", str(folder / "ca.key"), "-passin", "pass:" + NEW_PASS,
+                           "-noout"], capture_output=True, timeout=30, check=False).returncode == 0
+    renewed = run(tmp_path, "client_cert", **cert_args(folder, tmp_path, passphrase=NEW_PASS, device="laptop",
+                                                       allowed_domains=["example.org"]))
+    assert renewed["changed"] and not renewed.get("warnings")
+    # a repeated run (vault not yet updated) and a run with the new passphrase change nothing
+    again = run(tmp_path, "client_ca", rekey=True, new_passphrase=NEW_PASS, **old)
+    assert not again["changed"] and not again["rekeyed"]
+    assert not run(tmp_path, "client_ca", ca_dir=str(folder), passphrase=NEW_PASS, rekey=True)["changed"]
+
+
+def test_one_key_derivation_per_module_run(tmp_path, ca_dir, monkeypatch):
+    """client_cert's issue path (plan, issue, with the check) pays the 600,000 rounds once."""
+    from cryptography.hazmat.primitives import serialization as real_serialization
+
+    from ansible_collections.hardened.mailhost.plugins.module_utils import _ca
+    from ansible_collections.hardened.mailhost.plugins.modules import client_cert
+
+    calls = []
+    real = real_serialization.load_pem_private_key
+    monkeypatch.setattr(_ca.serialization, "load_pem_private_key",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+
+    class FakeModule:
+        check_mode = False
+        _diff = True
+        params = dict(cert_args(ca_dir, tmp_path, replace=False, days=120, key_type="ec-p256",
+                                pkcs12_legacy=False, serial=None, allowed_domains=["example.org"],
+                                relay_only=False))
+
+        @staticmethod
+        def warn(text):
+            raise AssertionError(text)
+
+    ca = _ca.CertificateAuthority(str(ca_dir), PASS)
+    result = client_cert.present(FakeModule(), ca)
+    assert result["serial"] and len(calls) == 1
