@@ -30,8 +30,8 @@ description:
     unknown serial or device is an error.
   - A certificate's identity is its whole address. With O(allowed_domains) (the mail domains
     this host serves, C(hardened_mailhost_mail_domains)), an address of another domain is
-    refused, nothing written, unless O(relay_only=true) marks it as a relay-only identity:
-    it may relay through Postfix but never opens a mailbox (Dovecot accepts only served
+    refused, nothing written, unless O(relay_only=true) marks it as a relay-only identity,
+    which may relay through Postfix but never opens a mailbox (Dovecot accepts only served
     domains). The index record carries the marker (C(relay_only)), so listings show it.
   - After every change the Postfix fingerprint map and the Dovecot CA+CRL file in
     C(<ca_dir>/export/) are rewritten; push them to the mail hosts (the
