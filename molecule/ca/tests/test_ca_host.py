@@ -171,3 +171,58 @@ def test_ca_code_issues_with_the_platform_cryptography(instance, tmp_path):
         proc = subprocess.run(["openssl", "verify", "-crl_check", "-CAfile", str(bundle), str(leaf)],
                               capture_output=True, text=True, timeout=30, check=False)
         assert (proc.returncode == 0) == expect_ok, proc.stdout + proc.stderr
+
+
+KEY_ON_HOST = r"""
+import json, shutil, sys, tempfile
+sys.path.insert(0, "/usr/local/lib/hardened-mailhost-ca")
+from ansible_collections.hardened.mailhost.plugins.module_utils._ca import CertificateAuthority, CAError
+from cryptography.hazmat.primitives import serialization
+out = {}
+# 1. the role's CA, opened by the platform's cryptography with the timer's passphrase file
+live = CertificateAuthority("/var/lib/hardened-ca/ca", open("/var/lib/hardened-ca/passphrase").read())
+out["live_iterations"] = live.check()["key_encryption"]["iterations"]
+out["live_warnings"] = live.warnings
+# 2. a CA as an earlier version wrote it (BestAvailableEncryption, 9-character passphrase)
+folder = tempfile.mkdtemp() + "/old"
+CertificateAuthority(folder, "long enough scratch passphrase").init()
+key = serialization.load_pem_private_key(open(folder + "/ca.key", "rb").read(), b"long enough scratch passphrase")
+open(folder + "/ca.key", "wb").write(key.private_bytes(serialization.Encoding.PEM,
+    serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"old-pass9")))
+old = CertificateAuthority(folder, "old-pass9")
+out["old_issues"] = bool(old.issue("ann@example.test", "Ann", "phone").serial)
+out["old_warnings"] = old.warnings
+out["old_before"] = old.key_encryption()["iterations"]
+out["rekeyed"] = CertificateAuthority(folder, "old-pass9").rekey(new_passphrase="a new scratch passphrase")["changed"]
+try:
+    CertificateAuthority(folder, "old-pass9").check()
+    out["old_still_opens"] = True
+except CAError:
+    out["old_still_opens"] = False
+renewed = CertificateAuthority(folder, "a new scratch passphrase")
+out["new_issues"] = bool(renewed.issue("bob@example.test", "Bob", "phone").serial)
+out["new_iterations"] = renewed.key_encryption()["iterations"]
+out["folder"] = folder
+print(json.dumps(out))
+"""
+
+
+def test_key_at_rest_with_the_platform_cryptography(instance):
+    """600,000-round PBES2 keys load with cryptography 38 (Debian 12) and 43 (Debian 13);
+    an old 2,048-round key still issues there and is re-encrypted."""
+    asn1 = instance.run("openssl", "asn1parse", "-in", CA_DIR + "/ca.key").stdout  # the host's OpenSSL
+    assert ":PBES2" in asn1 and ":PBKDF2" in asn1 and ":hmacWithSHA256" in asn1 and ":aes-256-cbc" in asn1
+    assert "INTEGER           :0927C0" in asn1  # 600,000
+    import json
+    result = json.loads(instance.run("runuser", "-u", "ca", "--", "python3", "-c", KEY_ON_HOST).stdout)
+    try:
+        assert result["live_iterations"] == 600000 and result["live_warnings"] == []
+        assert result["old_issues"] and result["old_before"] == 2048
+        assert any("2048 rounds" in w for w in result["old_warnings"])
+        assert any("fewer than 16 characters" in w for w in result["old_warnings"])
+        assert result["rekeyed"] and not result["old_still_opens"]
+        assert result["new_issues"] and result["new_iterations"] == 600000
+        old_key = instance.run("openssl", "asn1parse", "-in", result["folder"] + "/ca.key").stdout
+        assert "INTEGER           :0927C0" in old_key
+    finally:
+        instance.run("rm", "-rf", result["folder"].rsplit("/", 1)[0])
