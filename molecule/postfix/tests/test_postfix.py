@@ -5,6 +5,7 @@ Real clients (smtplib, openssl s_client) talk to the ports podman published on
 127.0.0.1:2525), local mail to ~/Maildir, and every assertion reads the result.
 """
 
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from unittest import mock
 
 import pytest
 
@@ -429,3 +431,237 @@ def test_fail2ban_bans_repeated_wrong_app_passwords(instance, ephemeral_dir):
     out = smtp.attempt(port, "bob@example.test", "friend@sink.test", token(), implicit_tls=True,
                        login=("bob+phone", right))
     assert out.stage == "sent", out
+
+
+# ------------------------------------------------ header From (hm-header-from milter)
+
+def submit(port, envelope_from, rcpt, tok, header_from, **kwargs):
+    """One transaction whose header carries ``header_from`` (a value, a list of
+    values for several From: lines, or None for none) instead of the envelope sender."""
+    values = [] if header_from is None else ([header_from] if isinstance(header_from, str) else header_from)
+
+    def message(_sender, rcpt_, token_):
+        head = "".join("From: %s\r\n" % value for value in values)
+        return head + ("To: <%s>\r\nSubject: hardened.mailhost test %s\r\n\r\nTest message %s\r\n"
+                       % (rcpt_, token_, token_))
+
+    with mock.patch.object(smtp, "message", message):
+        return smtp.attempt(port, envelope_from, rcpt, tok, **kwargs)
+
+
+def submission(instance, ephemeral_dir, how):
+    """(port, attempt keyword arguments, own address) for a way of submitting."""
+    if how == "465-certificate":
+        cert, key = client_files(ephemeral_dir, "alice-laptop")
+        return instance.port(465), dict(implicit_tls=True, cert=cert, key=key), "alice@example.test"
+    login = ("bob+phone", app_password(ephemeral_dir, instance, "bob", "phone"))
+    if how == "465-app-password":
+        return instance.port(465), dict(implicit_tls=True, login=login), "bob@example.test"
+    assert how == "587-app-password"
+    return instance.port(587), dict(starttls=True, login=login), "bob@example.test"
+
+
+HOW = ["465-certificate", "465-app-password", "587-app-password"]
+
+
+def assert_rejected_at_data(instance, outcome, tok, text):
+    assert outcome.stage == "data" and outcome.code == 550, outcome
+    assert "5.7.1" in outcome.text and text in outcome.text, outcome
+    assert_refused(instance, outcome, tok)
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_header_from_of_someone_else_is_rejected(instance, ephemeral_dir, how):
+    """Envelope own address, header From: ceo@<domain>: 550 at the end of DATA, nothing relayed."""
+    port, kwargs, own = submission(instance, ephemeral_dir, how)
+    tok = token()
+    out = submit(port, own, "friend@sink.test", tok, "CEO <ceo@example.test>", **kwargs)
+    assert_rejected_at_data(instance, out, tok, "<ceo@example.test>: header From address not owned")
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_own_header_from_is_delivered(instance, ephemeral_dir, how):
+    """Own address with an encoded display name and other letter case: relayed to the sink."""
+    port, kwargs, own = submission(instance, ephemeral_dir, how)
+    tok = token()
+    out = submit(port, own, "friend@sink.test", tok, "=?utf-8?q?J=C3=B6rg_Device?= <%s>" % own.upper(), **kwargs)
+    assert out.stage == "sent", out
+    assert smtp.wait_for(lambda: sink_has(instance, tok), timeout=30)
+
+
+def test_app_password_user_may_use_its_address_in_every_shared_domain(instance, ephemeral_dir):
+    port, kwargs, _own = submission(instance, ephemeral_dir, "587-app-password")
+    tok = token()
+    out = submit(port, "bob@example.test", "friend@sink.test", tok, "bob+lists@example.org", **kwargs)
+    assert out.stage == "sent", out
+    assert smtp.wait_for(lambda: sink_has(instance, tok), timeout=30)
+
+
+@pytest.mark.parametrize("header_from, text", [
+    (None, "no From"),
+    (["bob@example.test", "bob@example.test"], "2 From"),
+    ("bob@example.test, ceo@example.test", "<ceo@example.test>"),
+    ('"ceo@example.test" <bob@example.test>', "Display name"),
+    ("=?utf-8?b?Y2VvQGV4YW1wbGUudGVzdA==?= <bob@example.test>", "Display name"),
+    ("bob@example.net", "not in a domain of this host"),
+], ids=["missing", "two-headers", "two-addresses", "display-name", "encoded-display-name", "other-domain"])
+def test_unclear_or_foreign_header_from_is_rejected(instance, ephemeral_dir, header_from, text):
+    port, kwargs, own = submission(instance, ephemeral_dir, "465-app-password")
+    tok = token()
+    out = submit(port, own, "friend@sink.test", tok, header_from, **kwargs)
+    assert_rejected_at_data(instance, out, tok, text)
+
+
+def test_port_25_inbound_is_not_checked_even_with_the_milter_stopped(instance, ephemeral_dir):
+    """Inbound mail on 25 with anyone's header From is delivered; 465 fails closed (4xx)
+    while the milter is down, and works again when it is back."""
+    port, kwargs, own = submission(instance, ephemeral_dir, "465-app-password")
+    instance.run("systemctl", "stop", "hm-header-from")
+    try:
+        tok = token()
+        out = submit(instance.port(25), "bob@example.test", "alice@example.test", tok,
+                     "The Boss <ceo@example.test>", starttls=True)
+        assert out.stage == "sent", out
+        assert smtp.wait_for(lambda: maildir_has(instance, "alice", tok), timeout=30)
+
+        tok = token()
+        out = submit(port, own, "friend@sink.test", tok, own, **kwargs)
+        # Postfix cannot reach the milter when the session starts and answers every
+        # command after the greeting (here AUTH) with a temporary error.
+        assert out.stage != "sent" and 400 <= out.code < 500, out
+        assert_refused(instance, out, tok)
+    finally:
+        instance.run("systemctl", "start", "hm-header-from")
+    assert smtp.wait_for(
+        lambda: instance.run("test", "-S", "/var/spool/postfix/hm-milter/header-from.sock", check=False).returncode == 0,
+        timeout=15)
+    tok = token()
+    out = submit(port, own, "friend@sink.test", tok, own, **kwargs)
+    assert out.stage == "sent", out
+
+
+def test_milter_runs_sandboxed_as_its_own_user(instance):
+    show = dict(line.split("=", 1) for line in instance.run(
+        "systemctl", "show", "hm-header-from", "-p", "ActiveState,User,NoNewPrivileges,ProtectSystem,"
+        "PrivateNetwork,CapabilityBoundingSet,RestrictAddressFamilies,SystemCallFilter,MainPID").stdout.splitlines())
+    assert show["ActiveState"] == "active" and show["User"] == "hm-milter", show
+    assert show["NoNewPrivileges"] == "yes" and show["ProtectSystem"] == "strict", show
+    assert show["PrivateNetwork"] == "yes" and show["CapabilityBoundingSet"] == "", show
+    assert show["RestrictAddressFamilies"] == "AF_UNIX" and show["SystemCallFilter"], show
+    status = instance.run("cat", "/proc/%s/status" % show["MainPID"]).stdout
+    assert re.search(r"^NoNewPrivs:\s+1$", status, re.M) and re.search(r"^Seccomp:\s+2$", status, re.M), status
+    assert re.search(r"^CapEff:\s+0+$", status, re.M), status
+    # Only Postfix (group postfix) reaches the socket.
+    stat = instance.run("stat", "-c", "%U %G %a", "/var/spool/postfix/hm-milter/header-from.sock").stdout.split()
+    assert stat[0] == "hm-milter" and stat[1] == "postfix" and stat[2] in ("660", "770"), stat
+    # Attached to the submission services only.
+    master = instance.run("postconf", "-P").stdout
+    milters = sorted(line.split("/", 1)[0] for line in master.splitlines() if "/smtpd_milters = unix:hm-milter/" in line)
+    assert milters == ["submission", "submissions"], master
+    assert "milter_default_action = tempfail" in master
+    assert instance.run("postconf", "-h", "smtpd_milters").stdout.strip() == ""
+
+
+# ------------------------------------------------ port 587 (STARTTLS, app passwords)
+
+def test_587_relays_with_the_right_app_password(instance, ephemeral_dir):
+    tok = token()
+    login = ("bob+phone", app_password(ephemeral_dir, instance, "bob", "phone"))
+    out = smtp.attempt(instance.port(587), "bob@example.test", "friend@sink.test", tok, starttls=True, login=login)
+    assert out.stage == "sent", out
+    assert smtp.wait_for(lambda: sink_has(instance, tok), timeout=30)
+
+
+def test_587_refuses_to_relay_without_auth(instance):
+    tok = token()
+    out = smtp.attempt(instance.port(587), "bob@example.test", "friend@sink.test", tok, starttls=True)
+    # smtpd_relay_restrictions on 587 end in a plain "reject": "Access denied".
+    assert out.stage == "rcpt" and out.code == 554 and "5.7.1" in out.text, out
+    assert_refused(instance, out, tok)
+
+
+def test_587_wants_starttls_before_anything(instance):
+    client = smtp.connect(instance.port(587))
+    try:
+        assert not client.has_extn("auth")
+        code, text = client.mail("bob@example.test")
+        assert code == 530 and b"STARTTLS" in text, (code, text)
+    finally:
+        client.close()
+
+
+# ------------------------------------------------ TLS profiles (465/587 strict, 25 opportunistic)
+
+def tls12_handshake(port, cipher, implicit_tls):
+    """The cipher a TLS 1.2 handshake offering only ``cipher`` ends with, or the error."""
+    ctx = smtp.tls_context(minimum=ssl.TLSVersion.TLSv1_2, maximum=ssl.TLSVersion.TLSv1_2)
+    ctx.set_ciphers(cipher + ":@SECLEVEL=0")
+    try:
+        client = smtp.connect(port, implicit_tls=implicit_tls, starttls=not implicit_tls, context=ctx, timeout=10)
+    except (ssl.SSLError, ConnectionError, smtplib.SMTPServerDisconnected) as exc:
+        return exc
+    try:
+        return client.sock.cipher()[0]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("cipher", ["AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-SHA384",
+                                    "DHE-RSA-AES128-SHA", "AES256-SHA256"],
+                         ids=["static-rsa", "sha1-cbc", "sha384-cbc", "dhe-cbc", "static-rsa-cbc"])
+@pytest.mark.parametrize("service", ["465", "587"])
+def test_submission_ports_refuse_suites_without_forward_secrecy_or_aead(instance, service, cipher):
+    port = instance.port(int(service))
+    assert isinstance(tls12_handshake(port, cipher, service == "465"), Exception)
+
+
+@pytest.mark.parametrize("service", ["465", "587"])
+def test_submission_ports_take_ecdhe_and_dhe_aead_suites(instance, service):
+    port = instance.port(int(service))
+    for cipher in ("ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-CHACHA20-POLY1305", "DHE-RSA-AES256-GCM-SHA384"):
+        assert tls12_handshake(port, cipher, service == "465") == cipher
+
+
+def test_25_stays_opportunistic_with_older_suites(instance):
+    # A sender that only has CBC suites still gets encryption on 25 rather than plaintext.
+    assert tls12_handshake(instance.port(25), "ECDHE-RSA-AES128-SHA", False) == "ECDHE-RSA-AES128-SHA"
+
+
+SSLYZE = os.environ.get("HM_SSLYZE") or os.path.join(
+    os.environ.get("HM_CACHE_DIR", os.path.expanduser("~/.cache/hardened-mailhost")), "sslyze-venv", "bin", "sslyze")
+MOZILLA_INTERMEDIATE_TLS12 = re.compile(
+    r"^TLS_(ECDHE_(RSA|ECDSA)|DHE_RSA)_WITH_(AES_128_GCM_SHA256|AES_256_GCM_SHA384|CHACHA20_POLY1305_SHA256)$")
+
+
+def sslyze_scan(instance, service, tmp_path):
+    """sslyze's JSON result for 127.0.0.1:<service> seen from inside the container's
+    network namespace (loopback is exempt from anvil, which throttles a scan from the gateway)."""
+    assert os.access(SSLYZE, os.X_OK), "sslyze not found at %s: run scripts/setup.sh" % SSLYZE
+    pid = subprocess.run(["podman", "inspect", "-f", "{{.State.Pid}}", instance.name],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    out = tmp_path / ("sslyze-%s.json" % service)
+    target = ["--starttls=smtp", "127.0.0.1:587"] if service == "587" else ["127.0.0.1:465"]
+    proc = subprocess.run(
+        ["nsenter", "-t", pid, "-n", SSLYZE, "--quiet", "--json_out=%s" % out,
+         "--sslv2", "--sslv3", "--tlsv1", "--tlsv1_1", "--tlsv1_2", "--tlsv1_3", *target],
+        capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())["server_scan_results"][0]
+    assert result["scan_status"] == "COMPLETED", result.get("connectivity_error_trace")
+    return result["scan_result"]
+
+
+def accepted(scan, name):
+    attempt = scan[name]
+    assert attempt["status"] == "COMPLETED", attempt
+    return [suite["cipher_suite"]["name"] for suite in attempt["result"]["accepted_cipher_suites"]]
+
+
+@pytest.mark.parametrize("service", ["465", "587"])
+def test_sslyze_sees_mozilla_intermediate_on_submission_ports(instance, service, tmp_path):
+    scan = sslyze_scan(instance, service, tmp_path)
+    for old in ("ssl_2_0_cipher_suites", "ssl_3_0_cipher_suites", "tls_1_0_cipher_suites", "tls_1_1_cipher_suites"):
+        assert accepted(scan, old) == [], old
+    tls12 = accepted(scan, "tls_1_2_cipher_suites")
+    assert tls12 and [s for s in tls12 if not MOZILLA_INTERMEDIATE_TLS12.match(s)] == [], tls12
+    assert accepted(scan, "tls_1_3_cipher_suites"), "TLS 1.3 not offered"
