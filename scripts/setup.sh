@@ -37,6 +37,19 @@ if [ ! -x "$HM_VENV/bin/python" ] || [ "$(cat "$HM_VENV/.requirements" 2>/dev/nu
     echo "$req_hash" >"$HM_VENV/.requirements"
 fi
 
+# sslyze (the postfix scenario's TLS scan) in a venv of its own: every sslyze
+# release caps cryptography below the version requirements.txt pins.
+sslyze_venv=$HM_CACHE_DIR/sslyze-venv
+sslyze_hash=$(sha256sum requirements-sslyze.txt | cut -c1-16)
+if [ ! -x "$sslyze_venv/bin/sslyze" ] || [ "$(cat "$sslyze_venv/.requirements" 2>/dev/null)" != "$sslyze_hash" ]; then
+    log "sslyze venv in $sslyze_venv"
+    /usr/bin/python3 -m venv "$sslyze_venv"
+    "$sslyze_venv/bin/pip" install -q --disable-pip-version-check -r requirements-sslyze.txt 2>&1 |
+        grep -v 'is ignored: it is neither' || true
+    "$sslyze_venv/bin/sslyze" --help >/dev/null
+    echo "$sslyze_hash" >"$sslyze_venv/.requirements"
+fi
+
 # Collections the tests and playbooks use, from the `ansible` community
 # package on PyPI, unpacked once into the cache and linked into .collections.
 ansible_version=$(sed -n 's/^# ansible-community-package==\([0-9.]*\).*/\1/p' requirements.txt)
