@@ -261,3 +261,14 @@ def test_pages_are_small_and_scriptless(portal):
         html = page.get_data(as_text=True)
         assert "<script" not in html and len(html) < 8000
     assert base64  # (used by other tests)
+
+
+@pytest.mark.parametrize("referer", [None, "https://evil.example/", "http://portal.example.test/"])
+def test_post_from_another_origin_is_refused(portal, referer):
+    web = client(portal)
+    page = web.get(BASE + "/")
+    headers = {"Referer": referer} if referer else {}
+    out = web.post(BASE + "/login", data={"csrf_token": token(page), "user": "alice",
+                                          "password": PASSWORDS["alice"]}, headers=headers)
+    assert out.status_code == 400 and portal.calls == []
+    assert page.headers["Referrer-Policy"] == "same-origin"
