@@ -665,3 +665,72 @@ def test_sslyze_sees_mozilla_intermediate_on_submission_ports(instance, service,
     tls12 = accepted(scan, "tls_1_2_cipher_suites")
     assert tls12 and [s for s in tls12 if not MOZILLA_INTERMEDIATE_TLS12.match(s)] == [], tls12
     assert accepted(scan, "tls_1_3_cipher_suites"), "TLS 1.3 not offered"
+
+
+# ------------------------------------------------ anvil: AUTH commands per client and minute
+
+AUTH_LOOP = r"""
+import json, smtplib, ssl, sys
+address, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+user, password = sys.stdin.read().split("\n")[:2]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+codes = []
+for _ in range(count):
+    client = smtplib.SMTP(address, port, local_hostname="client.example.test", timeout=20,
+                          source_address=(address, 0))
+    try:
+        client.starttls(context=ctx)
+        client.ehlo("client.example.test")
+        client.user, client.password = user, password
+        try:
+            codes.append(client.auth("PLAIN", client.auth_plain)[0])
+        except smtplib.SMTPAuthenticationError as exc:
+            codes.append(exc.smtp_code)
+            last = exc.smtp_error.decode("utf-8", "replace")
+    finally:
+        client.close()
+print(json.dumps({"codes": codes, "last": locals().get("last", "")}))
+"""
+
+
+def test_587_auth_rate_limit_refuses_the_client_after_the_limit(instance, ephemeral_dir):
+    """limit AUTH commands in a minute succeed, the next one is refused, even with the right password.
+
+    The client runs in the container and connects from the container's own address
+    to itself: a source address of its own for anvil (the tests from the host all
+    share the gateway's counter), and fail2ban never bans the host's own addresses.
+    """
+    limit = int(instance.run("postconf", "-h", "smtpd_client_auth_rate_limit").stdout)
+    assert 0 < limit <= 200, limit
+    password = app_password(ephemeral_dir, instance, "bob", "phone")
+    proc = instance.run("python3", "-c", AUTH_LOOP, instance.address, "587", str(limit + 1),
+                        stdin="bob+phone\n%s\n" % password)
+    result = json.loads(proc.stdout)
+    codes = result["codes"]
+    assert codes[:limit] == [235] * limit, codes
+    assert codes[limit] == 450 and "too many AUTH commands" in result["last"], result
+
+
+# ------------------------------------------------ shared mail domains: bad input
+
+def test_bad_mail_domains_are_refused_before_any_change(instance):
+    before = instance.run("sha256sum", "/etc/postfix/main.cf", "/etc/postfix/hardened/sender_login.regexp",
+                          "/etc/systemd/system/hm-header-from.service").stdout
+    scenario = os.environ["MOLECULE_SCENARIO_DIRECTORY"]
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".collections"),
+               ANSIBLE_ROLES_PATH=os.path.join(ROOT, "roles"))
+    proc = subprocess.run(
+        [shutil.which("ansible-playbook") or "ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+         os.path.join(scenario, "bad_mail_domains.yml"), "--limit", instance.name,
+         "-e", '{"hardened_mailhost_mail_domains": ["example.test", "not a domain"], "postfix_domain": "example.net"}'],
+        env=env, capture_output=True, text=True, timeout=300, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "must be a non-empty list of dotted domain names" in out, out[-3000:]
+    assert "postfix_domain ('example.net') must be one of the mail domains" in out, out[-3000:]
+    assert "Nothing was changed." in out and "changed=0" in out, out[-3000:]
+    after = instance.run("sha256sum", "/etc/postfix/main.cf", "/etc/postfix/hardened/sender_login.regexp",
+                         "/etc/systemd/system/hm-header-from.service").stdout
+    assert after == before
