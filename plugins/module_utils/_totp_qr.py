@@ -11,6 +11,11 @@ Idempotence re-renders the wanted bytes and compares them with what is on
 disk: segno's PNG and SVG output is deterministic for the same input and
 parameters, so no side file (such as a hash of the secret-bearing URI) is
 needed, and a damaged or edited file is repaired.
+
+Files are written through ``_controller_files``: folders made race-free
+(several forks at once), files atomically, and a file recorded for another
+owner (another host) is refused, never overwritten. The terminal copy of
+the code goes straight to the operator's terminal, never into a result.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -39,7 +44,7 @@ except ImportError:  # pragma: no cover - reported by the module
 else:
     SEGNO_IMPORT_ERROR = None
 
-from ansible_collections.hardened.mailhost.plugins.module_utils import _fileutil
+from ansible_collections.hardened.mailhost.plugins.module_utils import _controller_files
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._@-]+$")
 SCRATCH_RE = re.compile(r"^[0-9]{8}$")
@@ -115,13 +120,23 @@ def terminal_lines(qr):
     return out.getvalue().rstrip("\n").split("\n")
 
 
-def recovery_sheet(issuer, label, codes, date):
+def recovery_sheet(issuer, label, codes, date, identity=False):
+    """The printable sheet of one-time codes.
+
+    By default it names neither the account nor the host: a lost or copied
+    sheet must not tell where its codes work. ``identity`` adds both.
+    """
     lines = [
-        "TOTP recovery codes",
-        "===================",
+        "One-time recovery codes",
+        "=======================",
         "",
-        "Issuer:  %s" % (issuer or "-"),
-        "Account: %s" % label,
+    ]
+    if identity:
+        lines += [
+            "Issuer:  %s" % (issuer or "-"),
+            "Account: %s" % label,
+        ]
+    lines += [
         DATE_PREFIX + date,
         "",
         "Each code below logs you in ONCE in place of the 6-digit code from your",
@@ -133,12 +148,20 @@ def recovery_sheet(issuer, label, codes, date):
     lines += [
         "",
         "Type the 8 digits without the space. Keep this sheet offline (printed, in",
-        "a safe place), never on the device that holds the authenticator app.",
+        "a safe place), never on the device that holds the authenticator app, and",
+        "do not write the account or the server on it.",
         "When codes run low or the phone is lost, ask the administrator for a new",
         "secret: that replaces every code on this sheet.",
         "",
     ]
     return "\n".join(lines)
+
+
+def tty_text(issuer, label, qr):
+    """What the operator's terminal shows for a new secret (header + code)."""
+    header = "New TOTP secret for %s%s: scan this code with one or more authenticator apps." % (
+        label, " (%s)" % issuer if issuer else "")
+    return "\n".join(["", header, ""] + terminal_lines(qr) + [""])
 
 
 def _existing_date(path):
@@ -152,54 +175,32 @@ def _existing_date(path):
     return None
 
 
-def _needs_write(path, data):
-    """True when ``path`` is missing, not a regular file, other bytes or other mode."""
-    try:
-        info = os.lstat(path)
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            return True
-        raise
-    if stat.S_ISDIR(info.st_mode):
-        raise QrError("%s is a folder" % path)
-    if not stat.S_ISREG(info.st_mode) or stat.S_IMODE(info.st_mode) != FILE_MODE:
-        return True
-    if info.st_size != len(data):
-        return True
-    with open(path, "rb") as handle:
-        return handle.read() != data
-
-
-def _ensure_dir(dest, check_mode):
+def _dir_needs_fix(dest):
     try:
         info = os.lstat(dest)
     except OSError as exc:
         if exc.errno != errno.ENOENT:
             raise
-        if not check_mode:
-            os.makedirs(dest, DIR_MODE)
-            os.chmod(dest, DIR_MODE)  # makedirs' mode is filtered by the umask
         return True
     if not stat.S_ISDIR(info.st_mode):
         raise QrError("dest %s exists and is not a folder" % dest)
-    if stat.S_IMODE(info.st_mode) != DIR_MODE:
-        if not check_mode:
-            os.chmod(dest, DIR_MODE)
-        return True
-    return False
+    return stat.S_IMODE(info.st_mode) != DIR_MODE
 
 
-def ensure(uri, dest, name, formats=FORMATS, scratch_codes=None, force=False,
-           check_mode=False, today=None):
-    """Write the QR files (and the recovery sheet) under ``dest``.
+def ensure(uri, dest, name, owner, formats=FORMATS, scratch_codes=None, force=False,
+           check_mode=False, today=None, sheet_identity=False, tty=False):
+    """Write the QR files (and the recovery sheet) under ``dest`` for ``owner``.
 
-    Returns a dict with ``changed``, ``files`` and, when something changed
-    (always with ``force``; never in check mode), ``terminal``.
+    Returns a dict with ``changed``, ``files`` and ``shown_on_tty``. With
+    ``tty``, a new code (something changed, or ``force``) is written to the
+    operator's terminal when there is one; never in check mode.
     """
     validate_name(name)
     issuer, label = parse_uri(uri)
     if not dest or not os.path.isabs(dest):
         raise QrError("dest must be an absolute folder path")
+    if not isinstance(owner, str) or not owner.strip():
+        raise QrError("owner must name whose files these are (normally the inventory host name)")
     formats = list(formats or [])
     if not formats:
         raise QrError("formats must list at least one of png, svg")
@@ -220,17 +221,18 @@ def ensure(uri, dest, name, formats=FORMATS, scratch_codes=None, force=False,
         sheet_path = os.path.join(dest, "%s-recovery.txt" % name)
         date = None if force else _existing_date(sheet_path)
         date = date or (today or datetime.date.today()).strftime(DATE_FORMAT)
-        wanted.append((sheet_path,
-                       recovery_sheet(issuer, label, scratch_codes, date).encode("utf-8")))
+        wanted.append((sheet_path, recovery_sheet(issuer, label, scratch_codes, date,
+                                                  identity=sheet_identity).encode("utf-8")))
 
-    changed = _ensure_dir(dest, check_mode)
-    to_write = [(path, data) for path, data in wanted
-                if force or not os.path.isdir(dest) or _needs_write(path, data)]
-    if to_write and not check_mode:
-        for path, data in to_write:
-            _fileutil.atomic_write(path, data, mode=FILE_MODE)
-    changed = changed or bool(to_write)
-    result = {"changed": changed, "files": [path for path, _data in wanted]}
-    if changed and not check_mode:
-        result["terminal"] = terminal_lines(qr)
-    return result
+    changed = _dir_needs_fix(dest)
+    try:
+        for path, data in wanted:
+            if _controller_files.write_owned_file(path, data, owner, mode=FILE_MODE, check_mode=check_mode):
+                changed = True
+    except _controller_files.ControllerFileError as exc:
+        raise QrError(str(exc))
+    changed = changed or bool(force)
+    shown = False
+    if tty and changed and not check_mode:
+        shown = _controller_files.show_on_tty(tty_text(issuer, label, qr))
+    return {"changed": changed, "files": [path for path, _data in wanted], "shown_on_tty": shown}

@@ -18,9 +18,27 @@ import pyotp
 import pytest
 import segno
 
-from ansible_collections.hardened.mailhost.plugins.module_utils import _totp, _totp_qr
+from ansible_collections.hardened.mailhost.plugins.module_utils import _controller_files, _totp, _totp_qr
 
 SCALE, BORDER = _totp_qr.SCALE, _totp_qr.BORDER
+OWNER = "mail1.example.org"
+
+
+def ensure(uri, dest, name, owner=OWNER, **kwargs):
+    return _totp_qr.ensure(uri, dest, name, owner, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def tty(monkeypatch):
+    """What would reach the operator's terminal (never a real one in tests)."""
+    shown = []
+
+    def fake_show(text):
+        shown.append(text)
+        return True
+
+    monkeypatch.setattr(_controller_files, "show_on_tty", fake_show)
+    return shown
 
 
 def new_uri(label="alice@mail"):
@@ -136,7 +154,7 @@ def dest(tmp_path):
 
 def test_png_svg_and_terminal_encode_the_uri(dest):
     uri = new_uri()
-    result = _totp_qr.ensure(uri, dest, "alice")
+    result = ensure(uri, dest, "alice")
     assert result["changed"]
     assert result["files"] == [os.path.join(dest, "alice.png"), os.path.join(dest, "alice.svg")]
     want = with_border(expected_matrix(uri), BORDER)
@@ -144,7 +162,7 @@ def test_png_svg_and_terminal_encode_the_uri(dest):
         assert png_modules(handle.read()) == want
     with open(result["files"][1]) as handle:
         assert svg_modules(handle.read()) == want
-    term = terminal_modules(result["terminal"])
+    term = terminal_modules(_totp_qr.terminal_lines(_totp_qr.make_qr(uri)))
     want_term = with_border(expected_matrix(uri), _totp_qr.TERMINAL_BORDER)
     assert term[:len(want_term)] == want_term
     # The checks can tell two URIs apart.
@@ -152,20 +170,20 @@ def test_png_svg_and_terminal_encode_the_uri(dest):
 
 
 def test_modes_folder_0700_files_0600(dest):
-    result = _totp_qr.ensure(new_uri(), dest, "alice", scratch_codes=["12345678"])
+    result = ensure(new_uri(), dest, "alice", scratch_codes=["12345678"])
     assert stat.S_IMODE(os.stat(dest).st_mode) == 0o700
     for path in result["files"]:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert sorted(os.listdir(dest)) == ["alice-recovery.txt", "alice.png", "alice.svg"]
+    assert sorted(os.listdir(dest)) == [".owners", "alice-recovery.txt", "alice.png", "alice.svg"]
 
 
 def test_existing_folder_mode_is_enforced(dest):
     uri = new_uri()
-    _totp_qr.ensure(uri, dest, "alice")
+    ensure(uri, dest, "alice")
     os.chmod(dest, 0o755)
     before = snapshot([os.path.join(dest, "alice.png")])
-    result = _totp_qr.ensure(uri, dest, "alice")
-    assert result["changed"] and result["terminal"]
+    result = ensure(uri, dest, "alice")
+    assert result["changed"]
     assert stat.S_IMODE(os.stat(dest).st_mode) == 0o700
     assert snapshot([os.path.join(dest, "alice.png")]) == before
 
@@ -176,38 +194,88 @@ def snapshot(paths):
 
 def test_idempotent_same_uri_unchanged_new_uri_rewritten(dest):
     uri = new_uri()
-    first = _totp_qr.ensure(uri, dest, "alice", scratch_codes=["12345678", "23456789"])
+    first = ensure(uri, dest, "alice", scratch_codes=["12345678", "23456789"])
     before = snapshot(first["files"])
-    again = _totp_qr.ensure(uri, dest, "alice", scratch_codes=["12345678", "23456789"],
+    again = ensure(uri, dest, "alice", scratch_codes=["12345678", "23456789"],
                             today=datetime.date(2031, 1, 1))
-    assert again == {"changed": False, "files": first["files"]}
+    assert again == {"changed": False, "files": first["files"], "shown_on_tty": False}
     assert snapshot(first["files"]) == before
-    other = _totp_qr.ensure(new_uri(), dest, "alice", scratch_codes=["12345678", "23456789"])
-    assert other["changed"] and other["terminal"]
+    other = ensure(new_uri(), dest, "alice", scratch_codes=["12345678", "23456789"])
+    assert other["changed"]
     png, svg, sheet = first["files"]
     assert snapshot([png, svg]) != before[:2]
     # Same codes, same date kept: the sheet was not touched.
     assert snapshot([sheet]) == before[2:]
 
 
-def test_force_rewrites_and_returns_terminal(dest):
+def test_force_reports_a_change_and_shows_the_code_again(dest, tty):
     uri = new_uri()
-    first = _totp_qr.ensure(uri, dest, "alice")
-    before = snapshot(first["files"])
-    forced = _totp_qr.ensure(uri, dest, "alice", force=True)
-    assert forced["changed"] and forced["terminal"] == first["terminal"]
-    assert snapshot(first["files"]) != before
+    first = ensure(uri, dest, "alice", tty=True)
+    assert first["shown_on_tty"] and len(tty) == 1
+    forced = ensure(uri, dest, "alice", force=True, tty=True)
+    assert forced["changed"] and forced["shown_on_tty"]
+    assert tty[1] == tty[0]
+
+
+def test_new_code_goes_to_the_terminal_never_into_the_result(dest, tty):
+    uri = new_uri("bob@mail")
+    result = ensure(uri, dest, "bob", tty=True)
+    assert result["changed"] and result["shown_on_tty"] is True
+    assert set(result) == {"changed", "files", "shown_on_tty"}
+    assert len(tty) == 1 and "bob@mail" in tty[0]
+    lines = tty[0].split("\n")
+    qr_lines = [line for line in lines if line and set(line) <= set(" \u2580\u2584\u2588")]
+    want = with_border(expected_matrix(uri), _totp_qr.TERMINAL_BORDER)
+    assert terminal_modules(qr_lines)[:len(want)] == want
+    # Unchanged: nothing shown. Check mode: nothing shown. tty off: nothing shown.
+    assert ensure(uri, dest, "bob", tty=True)["shown_on_tty"] is False
+    assert ensure(new_uri(), dest, "bob", tty=True, check_mode=True)["shown_on_tty"] is False
+    assert ensure(new_uri(), dest, "bob")["shown_on_tty"] is False
+    assert len(tty) == 1
+
+
+def test_another_hosts_file_is_refused_never_overwritten(dest):
+    first = ensure(new_uri(), dest, "demo", owner="host-a.example", scratch_codes=["12345678"])
+    before = {path: open(path, "rb").read() for path in first["files"]}
+    with pytest.raises(_totp_qr.QrError) as info:
+        ensure(new_uri(), dest, "demo", owner="host-b.example", scratch_codes=["23456789"])
+    assert "host-a.example" in str(info.value) and "host-b.example" in str(info.value)
+    assert "secret=" not in str(info.value)
+    assert {path: open(path, "rb").read() for path in first["files"]} == before
+
+
+def _enrol_in_shared_folder(args):
+    dest, index = args
+    result = _totp_qr.ensure(new_uri("user%d@mail" % index), dest, "user%d" % index, "host-%d" % index,
+                             scratch_codes=["1234567%d" % (index % 10)])
+    return result["files"]
+
+
+def test_many_hosts_at_once_in_one_new_folder(tmp_path):
+    """Forks creating the same folder together never fail with 'File exists'."""
+    import multiprocessing  # pylint: disable=import-outside-toplevel
+
+    ctx = multiprocessing.get_context("fork")
+    for round_no in range(5):
+        dest = str(tmp_path / ("round%d" % round_no) / "shared" / "totp")
+        with ctx.Pool(8) as pool:
+            results = pool.map(_enrol_in_shared_folder, [(dest, i) for i in range(8)])
+        assert stat.S_IMODE(os.stat(dest).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(os.path.dirname(dest)).st_mode) == 0o700
+        for index, files in enumerate(results):
+            assert all(os.path.exists(path) for path in files)
+            assert _controller_files.owner_of(files[0]) == "host-%d" % index
 
 
 def test_damaged_or_loose_file_is_repaired(dest):
     uri = new_uri()
-    first = _totp_qr.ensure(uri, dest, "alice")
+    first = ensure(uri, dest, "alice")
     with open(first["files"][0], "rb") as handle:
         good = handle.read()
     with open(first["files"][0], "wb") as handle:
         handle.write(good[:100])
     os.chmod(first["files"][1], 0o644)
-    result = _totp_qr.ensure(uri, dest, "alice")
+    result = ensure(uri, dest, "alice")
     assert result["changed"]
     with open(first["files"][0], "rb") as handle:
         assert handle.read() == good
@@ -215,37 +283,49 @@ def test_damaged_or_loose_file_is_repaired(dest):
 
 
 def test_formats_selects_files(dest):
-    result = _totp_qr.ensure(new_uri(), dest, "bob", formats=["svg"])
+    result = ensure(new_uri(), dest, "bob", formats=["svg"])
     assert result["files"] == [os.path.join(dest, "bob.svg")]
-    assert os.listdir(dest) == ["bob.svg"]
+    assert sorted(os.listdir(dest)) == [".owners", "bob.svg"]
 
 
-def test_recovery_sheet(dest):
-    uri = _totp.build_uri(_totp.generate_secret(), "Mail & Co", "alice smith@mx")
+def test_recovery_sheet_names_neither_user_nor_host(dest):
+    uri = _totp.build_uri(_totp.generate_secret(), "mail.example.org", "alice@mx")
     codes = ["12345678", "87654321", "55554444"]
-    result = _totp_qr.ensure(uri, dest, "alice", scratch_codes=codes,
-                             today=datetime.date(2030, 5, 17))
+    result = ensure(uri, dest, "alice", scratch_codes=codes, today=datetime.date(2030, 5, 17))
     sheet = result["files"][-1]
     assert sheet == os.path.join(dest, "alice-recovery.txt")
     with open(sheet) as handle:
         text = handle.read()
-    assert "Issuer:  Mail & Co\n" in text and "Account: alice smith@mx\n" in text
+    for identifying in ("alice", "mx", "mail.example.org", "example", "Issuer", "Account"):
+        assert identifying not in text, identifying
     assert "Created: 2030-05-17\n" in text
     for number, code in enumerate(codes, 1):
         assert "%2d. %s %s\n" % (number, code[:4], code[4:]) in text
     assert "Verification code:" in text
     assert pyotp.parse_uri(uri).secret not in text
-    forced = _totp_qr.ensure(uri, dest, "alice", scratch_codes=codes, force=True,
-                             today=datetime.date(2030, 6, 1))
+
+
+def test_recovery_sheet_identity_on_request(dest):
+    uri = _totp.build_uri(_totp.generate_secret(), "Mail & Co", "alice smith@mx")
+    codes = ["12345678", "87654321", "55554444"]
+    result = ensure(uri, dest, "alice", scratch_codes=codes, sheet_identity=True,
+                    today=datetime.date(2030, 5, 17))
+    sheet = result["files"][-1]
+    with open(sheet) as handle:
+        text = handle.read()
+    assert "Issuer:  Mail & Co\n" in text and "Account: alice smith@mx\n" in text
+    assert "Created: 2030-05-17\n" in text
+    forced = ensure(uri, dest, "alice", scratch_codes=codes, force=True, sheet_identity=True,
+                    today=datetime.date(2030, 6, 1))
     assert forced["changed"]
     with open(sheet) as handle:
         assert "Created: 2030-06-01\n" in handle.read()
 
 
 def test_check_mode_writes_nothing(dest):
-    result = _totp_qr.ensure(new_uri(), dest, "alice", scratch_codes=["12345678"],
+    result = ensure(new_uri(), dest, "alice", scratch_codes=["12345678"],
                              check_mode=True)
-    assert result["changed"] and "terminal" not in result
+    assert result["changed"] and result["shown_on_tty"] is False
     assert not os.path.exists(dest)
 
 
@@ -262,9 +342,10 @@ def test_check_mode_writes_nothing(dest):
     (dict(formats=[]), "formats must list at least one"),
     (dict(scratch_codes=["1234"]), "scratch_codes must be a list of 8-digit codes"),
     (dict(dest="relative/dir"), "dest must be an absolute folder path"),
+    (dict(owner=""), "owner must name whose files these are"),
 ])
 def test_bad_input_is_refused_without_writing(dest, kwargs, message):
-    args = dict(uri=new_uri(), dest=dest, name="alice")
+    args = dict(uri=new_uri(), dest=dest, name="alice", owner=OWNER)
     args.update(kwargs)
     with pytest.raises(_totp_qr.QrError, match=message) as info:
         _totp_qr.ensure(**args)
@@ -276,5 +357,5 @@ def test_dest_that_is_a_file_is_refused(tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
     with pytest.raises(_totp_qr.QrError, match="exists and is not a folder"):
-        _totp_qr.ensure(new_uri(), str(target), "alice")
+        ensure(new_uri(), str(target), "alice")
     assert target.read_text() == "x"

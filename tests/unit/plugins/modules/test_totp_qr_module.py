@@ -27,9 +27,11 @@ def test_module_writes_files_and_never_echoes_secrets(tmp_path):
     uri = _totp.build_uri(secret, "mail.example.org", "alice@mail")
     codes = ["12345678", "23456789"]
     dest = str(tmp_path / "out")
-    result, output = run_module(tmp_path, uri=uri, dest=dest, name="alice@mail",
-                                scratch_codes=codes)
-    assert result["changed"] and result["terminal"]
+    result, output = run_module(tmp_path, uri=uri, dest=dest, name="alice@mail", owner="mail1",
+                                scratch_codes=codes, tty=True)
+    assert result["changed"]
+    # The code goes to a terminal when there is one, never into the result.
+    assert isinstance(result["shown_on_tty"], bool) and "terminal" not in result
     assert result["files"] == [os.path.join(dest, n) for n in
                                ("alice@mail.png", "alice@mail.svg", "alice@mail-recovery.txt")]
     assert stat.S_IMODE(os.stat(dest).st_mode) == 0o700
@@ -40,19 +42,22 @@ def test_module_writes_files_and_never_echoes_secrets(tmp_path):
         assert value not in output
     assert result["invocation"]["module_args"]["uri"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
 
-    again, _output = run_module(tmp_path, uri=uri, dest=dest, name="alice@mail",
+    again, _output = run_module(tmp_path, uri=uri, dest=dest, name="alice@mail", owner="mail1",
                                 scratch_codes=codes)
-    assert again["changed"] is False and "terminal" not in again
-    forced, _output = run_module(tmp_path, uri=uri, dest=dest, name="alice@mail",
+    assert again["changed"] is False
+    forced, _output = run_module(tmp_path, uri=uri, dest=dest, name="alice@mail", owner="mail1",
                                  scratch_codes=codes, force=True)
-    assert forced["changed"] and forced["terminal"] == result["terminal"]
+    assert forced["changed"]
+    other, _output = run_module(tmp_path, uri=_totp.build_uri(_totp.generate_secret(), "m", "a"),
+                                dest=dest, name="alice@mail", owner="mail2")
+    assert other["failed"] and "belongs to mail1" in other["msg"] and "mail2" in other["msg"]
 
 
 def test_module_check_mode(tmp_path):
     dest = str(tmp_path / "out")
-    result, _output = run_module(tmp_path, check=True, dest=dest, name="alice",
+    result, _output = run_module(tmp_path, check=True, dest=dest, name="alice", owner="mail1",
                                  uri=_totp.build_uri(_totp.generate_secret(), "m", "a"))
-    assert result["changed"] and "terminal" not in result
+    assert result["changed"] and result["shown_on_tty"] is False
     assert not os.path.exists(dest)
 
 
@@ -65,7 +70,7 @@ def test_module_check_mode(tmp_path):
 def test_module_bad_input(tmp_path, args, message):
     dest = str(tmp_path / "out")
     full = dict(uri=_totp.build_uri(_totp.generate_secret(), "m", "a"), dest=dest,
-                name="alice")
+                name="alice", owner="mail1")
     full.update(args)
     result, _output = run_module(tmp_path, **full)
     assert result["failed"] and message in result["msg"], result["msg"]
