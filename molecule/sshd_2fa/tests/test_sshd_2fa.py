@@ -16,6 +16,8 @@ import pytest
 
 from hmtest import ssh
 
+import sshd2fa_helpers as h
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -158,7 +160,8 @@ def test_files_and_effective_config(instance):
     secret = host.file("/home/alice/.google_authenticator")
     assert secret.user == "alice" and secret.mode == 0o400
     pam = host.file("/etc/pam.d/sshd").content_string
-    assert pam.index("pam_google_authenticator.so") < pam.index("@include common-auth")
+    # The code is asked before the password, and no module accepts an empty one.
+    assert pam.index("pam_google_authenticator.so") < pam.index("pam_unix.so")
     assert "nullok" not in pam
     trusted = host.file("/etc/security/hardened-mailhost-sshd-trusted.conf").content_string
     assert trusted.strip().splitlines()[-1] == "- : ALL : ALL"
@@ -167,16 +170,9 @@ def test_files_and_effective_config(instance):
     assert "permitrootlogin without-password" in effective or "permitrootlogin prohibit-password" in effective
 
 
-def _converge(*extra_args):
-    scenario = os.path.dirname(HERE)
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"]),
-         os.path.join(scenario, "converge.yml"), *extra_args],
-        capture_output=True, text=True, timeout=600,
-    )
-    # Messages are folded over several lines in the YAML callback output.
-    proc.flat = " ".join((proc.stdout + proc.stderr).replace("'", " ").split())
-    return proc
+def _converge(instance, *extra_args):
+    with h.host_lock(instance):
+        return h.converge(*extra_args)
 
 
 def test_refuses_to_require_a_code_a_user_cannot_give(instance):
@@ -184,7 +180,8 @@ def test_refuses_to_require_a_code_a_user_cannot_give(instance):
     if instance.platform != "debian12":
         pytest.skip("one run covers both platforms")
     before = {i.name: i.host.file("/etc/pam.d/sshd").sha256sum for i in [instance]}
-    proc = _converge("--limit", instance.name, "-e", '{"sshd_2fa_enroll": false, "sshd_2fa_users": ["alice", "frank"]}')
+    proc = _converge(instance, "--limit", instance.name, "-e",
+                     '{"sshd_2fa_enroll": false, "sshd_2fa_users": ["alice", "frank"]}')
     assert proc.returncode != 0
     assert "have no ~/.google_authenticator: frank" in proc.flat
     assert "changed=0" in proc.stdout[proc.stdout.rindex("PLAY RECAP"):]
@@ -195,9 +192,9 @@ def test_refuses_to_require_a_code_a_user_cannot_give(instance):
 def test_refuses_unknown_user_and_bad_network(instance):
     if instance.platform != "debian13":
         pytest.skip("one run covers both platforms")
-    proc = _converge("--limit", instance.name, "-e", '{"sshd_2fa_users": ["alice", "nosuchuser"]}')
+    proc = _converge(instance, "--limit", instance.name, "-e", '{"sshd_2fa_users": ["alice", "nosuchuser"]}')
     assert proc.returncode != 0 and "do not exist" in proc.flat and "nosuchuser" in proc.flat
-    proc = _converge("--limit", instance.name, "-e", '{"sshd_2fa_trusted_networks": ["10.0.0.0/8; rm -rf /"]}')
+    proc = _converge(instance, "--limit", instance.name, "-e", '{"sshd_2fa_trusted_networks": ["10.0.0.0/8; rm -rf /"]}')
     assert proc.returncode != 0 and "are not: 10.0.0.0/8; rm -rf /" in proc.flat
 
 
@@ -205,47 +202,84 @@ def test_second_converge_after_real_logins_changes_nothing(instance):
     """The PAM module rewrites ~/.google_authenticator at each login; that is not drift."""
     if instance.platform != "debian12":
         pytest.skip("one run covers both platforms")
-    proc = _converge()
+    proc = _converge(instance)
     assert proc.returncode == 0, proc.stdout[-3000:]
     recap = proc.stdout[proc.stdout.rindex("PLAY RECAP"):]
     changed = [int(n) for n in re.findall(r"changed=(\d+)", recap)]
     assert changed and not any(changed), recap
 
 
-def test_enroll_playbook_shows_a_code_once_and_rotates(instance, ephemeral_dir):
-    """playbooks/enroll_totp.yml: QR files in a 0700 folder, terminal QR, nothing new on rerun."""
-    if instance.platform != "debian13":
-        pytest.skip("one run covers both platforms")
+def _jsonl_events(output):
+    events = []
+    for line in output.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    return events
+
+
+def test_enroll_playbook_keeps_every_secret_out_of_the_job_log(instance, ephemeral_dir):
+    """playbooks/enroll_totp.yml, run in a terminal with the JSONL callback (what AWX keeps).
+
+    The QR code reaches the terminal only; the seed, the otpauth URI and the
+    scratch codes (read back from the host) are in no callback output. Files
+    are 0600 in a 0700 folder; the recovery sheet names neither user nor host;
+    a rerun shows nothing; a rotation makes a new seed, equally absent.
+    """
     playbook = os.path.join(HERE, "..", "..", "..", "playbooks", "enroll_totp.yml")
-    dest = os.path.join(ephemeral_dir, "enroll-judy")
+    dest = os.path.join(ephemeral_dir, "enroll-judy-%s" % instance.platform)
+    secret_file = "/home/judy/.google_authenticator"
+    env = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.jsonl", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}
 
     def enroll(*extra):
-        proc = subprocess.run(
-            ["ansible-playbook", "-i", os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"]), playbook,
-             "-e", "target=" + instance.name, "-e", "sshd_2fa_enroll_dest=" + dest,
-             "-e", '{"sshd_2fa_users": ["judy"], "sshd_2fa_totp_scratch_codes": 4}', *extra],
-            capture_output=True, text=True, timeout=300,
-        )
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-        return proc
+        with h.host_lock(instance):
+            code, output, tty = h.playbook_on_tty(
+                playbook, "-e", "target=" + instance.name, "-e", "sshd_2fa_enroll_dest=" + dest,
+                "-e", '{"sshd_2fa_users": ["judy"], "sshd_2fa_totp_scratch_codes": 4}', *extra, env=env)
+        assert code == 0, output[-3000:]
+        events = _jsonl_events(output)
+        assert events and events[-1]["_event"] == "v2_playbook_on_stats", output[-2000:]
+        return output, tty, events[-1]["stats"][instance.name]["changed"]
 
-    first = enroll()
-    secret_file = "/home/judy/.google_authenticator"
-    secret = instance.run("head", "-n1", secret_file).stdout.strip()
+    def secrets_on_host():
+        lines = instance.run("cat", secret_file).stdout.splitlines()
+        seed = lines[0].strip()
+        codes = [line.strip() for line in lines[1:] if line.strip().isdigit()]
+        return seed, codes
+
+    def assert_nothing_secret_in(output, seed, codes):
+        assert seed not in output and seed.lower() not in output
+        assert "otpauth://" not in output and "otpauth%3A" not in output
+        for code in codes:
+            assert code not in output and "%s %s" % (code[:4], code[4:]) not in output
+        # No QR code either (a QR is the secret): no half blocks in any record.
+        assert not any(ch in output for ch in "\u2580\u2584\u2588")
+
+    output, tty, changed = enroll()
+    seed, codes = secrets_on_host()
+    assert changed > 0 and len(codes) == 4
+    assert_nothing_secret_in(output, seed, codes)
+    # The operator saw the code on the terminal.
+    assert "\u2580" in tty or "\u2584" in tty or "\u2588" in tty, tty[-500:]
+    assert "judy" in output  # the job log says whom it enrolled, nothing more
     assert os.stat(dest).st_mode & 0o777 == 0o700
-    assert sorted(os.listdir(dest)) == ["judy-recovery.txt", "judy.png", "judy.svg"]
+    files = sorted(f for f in os.listdir(dest) if not f.startswith("."))
+    assert files == ["judy-recovery.txt", "judy.png", "judy.svg"]
     assert all(os.stat(os.path.join(dest, f)).st_mode & 0o777 == 0o600 for f in os.listdir(dest))
-    assert "\u2580" in first.stdout or "\u2584" in first.stdout or "\u2588" in first.stdout  # the terminal QR
-    assert secret not in first.stdout and secret not in first.stderr
     with open(os.path.join(dest, "judy-recovery.txt"), encoding="utf-8") as sheet:
-        codes = [line.strip() for line in instance.run("cat", secret_file).stdout.splitlines()[1:] if line.strip().isdigit()]
-        text = sheet.read().replace(" ", "")
-    assert len(codes) == 4 and all(code in text for code in codes)
+        text = sheet.read()
+    assert all("%s %s" % (code[:4], code[4:]) in text for code in codes)
+    # Seed fidelity: no user name and no host next to the codes.
+    hostname = instance.run("hostname", "-f", check=False).stdout.strip() or instance.name
+    for identifying in ("judy", hostname, hostname.split(".")[0], "example.test", instance.name):
+        assert identifying.lower() not in text.lower(), identifying
 
-    again = enroll()
-    recap = again.stdout[again.stdout.rindex("PLAY RECAP"):]
-    assert not any(int(n) for n in re.findall(r"changed=(\d+)", recap)), recap
-    assert "\u2580" not in again.stdout and "\u2584" not in again.stdout
+    again_output, again_tty, again_changed = enroll()
+    assert again_changed == 0
+    assert not any(ch in again_tty for ch in "\u2580\u2584\u2588")
+    assert_nothing_secret_in(again_output, seed, codes)
 
-    enroll("-e", "sshd_2fa_totp_rotate=true")
-    assert instance.run("head", "-n1", secret_file).stdout.strip() != secret
+    rotated_output, _tty, _changed = enroll("-e", "sshd_2fa_totp_rotate=true")
+    new_seed, new_codes = secrets_on_host()
+    assert new_seed != seed
+    assert_nothing_secret_in(rotated_output, new_seed, new_codes)

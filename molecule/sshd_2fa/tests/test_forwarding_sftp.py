@@ -1,0 +1,91 @@
+"""Forwarding is off unless opted in; SFTP goes through the same two factors."""
+
+import os
+import uuid
+
+import paramiko
+import pytest
+
+import sshd2fa_helpers as h
+
+
+def _streamlocal_forward(conn, path):
+    """Ask sshd to listen on a Unix socket for us (what `ssh -R /path:...` does)."""
+    return conn.global_request("streamlocal-forward@openssh.com", (path,), wait=True)
+
+
+def _tcp_channel_works(conn, port):
+    """A direct-tcpip channel (`ssh -L`) to sshd's own port inside the container."""
+    try:
+        chan = conn.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 40000), timeout=15)
+    except paramiko.ChannelException:
+        return False
+    try:
+        chan.settimeout(15)
+        return chan.recv(64).startswith(b"SSH-2.0-")
+    finally:
+        chan.close()
+
+
+def test_no_forwarding_of_any_kind_by_default(instance, ephemeral_dir):
+    conn = h.key_transport(instance.port(22), "keyuser", os.path.join(ephemeral_dir, "id_ed25519"))
+    try:
+        sock = "/tmp/hm-fwd-%s.sock" % uuid.uuid4().hex[:8]
+        assert _streamlocal_forward(conn, sock) is None
+        assert not instance.host.file(sock).exists
+        assert not _tcp_channel_works(conn, 22)
+        with pytest.raises(paramiko.SSHException):
+            conn.request_port_forward("127.0.0.1", 0)
+    finally:
+        conn.close()
+    effective = instance.run("sshd", "-T", "-C", "user=keyuser,host=x,addr=192.0.2.1").stdout.splitlines()
+    assert "disableforwarding yes" in effective
+    assert "permittunnel no" in effective
+
+
+@pytest.mark.key_and_totp
+def test_tcp_opt_in_forwards_tcp_and_nothing_else(instance, ephemeral_dir):
+    """side_effect.yml sets sshd_2fa_allow_tcp_forwarding: local."""
+    conn = h.key_transport(instance.port(22), "root", os.path.join(ephemeral_dir, "hm_admin_key"))
+    try:
+        assert _tcp_channel_works(conn, 22)
+        sock = "/tmp/hm-fwd-%s.sock" % uuid.uuid4().hex[:8]
+        assert _streamlocal_forward(conn, sock) is None
+        with pytest.raises(paramiko.SSHException):
+            conn.request_port_forward("127.0.0.1", 0)  # remote forwarding stays off
+    finally:
+        conn.close()
+    effective = instance.run("sshd", "-T", "-C", "user=root,host=x,addr=192.0.2.1").stdout.splitlines()
+    assert "disableforwarding no" in effective
+    assert "allowtcpforwarding local" in effective
+    assert "allowstreamlocalforwarding no" in effective
+
+
+def test_sftp_after_code_and_password(instance):
+    port = instance.port(22)
+    code = h.totp(instance, "kim").now()
+    conn, prompts, _notes = h.interactive(port, "kim", {"verification code": code, "password": h.password("kim")})
+    assert conn is not None, prompts
+    try:
+        sftp = paramiko.SFTPClient.from_transport(conn)
+        with sftp.open("sftp-proof.txt", "w") as handle:
+            handle.write("written over sftp\n")
+        assert "sftp-proof.txt" in sftp.listdir(".")
+        sftp.close()
+    finally:
+        conn.close()
+    assert instance.run("cat", "/home/kim/sftp-proof.txt").stdout == "written over sftp\n"
+
+
+def test_sftp_with_the_password_alone_is_refused(instance):
+    port = instance.port(22)
+    conn, prompts, _notes = h.interactive(port, "lena", {"password": h.password("lena")})
+    assert conn is None, "the password alone opened a session"
+    assert any("verification code" in p.lower() for p in prompts), prompts
+    plain = h.transport(port)
+    try:
+        with pytest.raises(paramiko.BadAuthenticationType):
+            plain.auth_password("lena", h.password("lena"), fallback=False)
+        assert not plain.is_authenticated()
+    finally:
+        plain.close()
