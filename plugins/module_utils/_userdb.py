@@ -194,13 +194,18 @@ class UserDB:
 
 
 def ensure_pin(path, user, state="present", pin=None, generate=False, generate_length=None,
-               rotate=False, policy=None, check_mode=False):
+               rotate=False, policy=None, check_mode=False, propose=False):
     """Make ``user``'s entry in the database at ``path`` match the request.
 
     Returns a dict: ``changed``, ``action`` (``created``, ``updated``,
     ``removed``, ``fixed_permissions`` or ``none``), ``pin`` (only when a PIN
-    was generated and really written) and ``diff`` (no secrets). Bad input
-    raises PinPolicyError or UserDBError before anything is touched.
+    was generated and really written, or proposed) and ``diff`` (no secrets).
+    Bad input raises PinPolicyError or UserDBError before anything is touched.
+
+    ``propose`` (with ``generate``) writes nothing: when the user would get a
+    new PIN, one is drawn and returned, ``action`` says what storing it would
+    do and ``changed`` is False. The caller keeps the PIN safe first and then
+    stores it with ``pin``, so that a generated PIN is never lost.
     """
     policy = policy or PinPolicy()
     check_user(user)
@@ -213,9 +218,11 @@ def ensure_pin(path, user, state="present", pin=None, generate=False, generate_l
             raise PinPolicyError("state=present needs a pin or generate=true")
         if rotate and not generate:
             raise PinPolicyError("rotate only applies with generate=true")
+        if propose and not generate:
+            raise PinPolicyError("propose only applies with generate=true")
         if pin is not None:
             policy.check(user, pin)
-    elif pin is not None or generate:
+    elif pin is not None or generate or propose:
         raise PinPolicyError("state=absent takes neither pin nor generate")
     db = UserDB(path)
 
@@ -240,6 +247,13 @@ def ensure_pin(path, user, state="present", pin=None, generate=False, generate_l
                 action = "created" if current is None else "updated"
                 new_pin = policy.generate(generate_length)
                 entries[user] = _crypt.sha512_crypt(new_pin)
+        if propose:
+            result = {"changed": False, "action": action, "db": db.filename,
+                      "diff": {"before": _describe(user, current is not None),
+                               "after": _describe(user, current is not None)}}
+            if new_pin is not None:
+                result["pin"] = new_pin
+            return result
         if action == "none" and db.exists() and not db.metadata_ok():
             action = "fixed_permissions"
 

@@ -33,7 +33,7 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Reports what would change; a PIN is never generated in check mode.
+    details: Reports what would change; a PIN is never generated in check mode (except with O(propose=true), which never writes).
   diff_mode:
     support: full
     details: The diff says whether the user has a PIN and whether it is new, never the PIN or its hash.
@@ -76,6 +76,17 @@ options:
     description: With O(generate=true), replace an existing entry by a new random PIN.
     type: bool
     default: false
+  propose:
+    description:
+      - With O(generate=true), store nothing. When the user would get a new PIN (no entry yet,
+        or O(rotate=true)), draw one that passes the policy and return it in RV(pin); RV(action)
+        says what storing it would do and RV(changed) is always false.
+      - Lets a playbook keep the PIN safe first (for example in a file on the controller with
+        M(hardened.mailhost.controller_secret)) and store it afterwards with O(pin), so that a
+        PIN is never stored that nobody received.
+    type: bool
+    default: false
+    version_added: 0.2.0
   min_length:
     description: Shortest PIN accepted.
     type: int
@@ -112,6 +123,29 @@ EXAMPLES = r"""
   register: bob_pin
   no_log: true
 
+- name: Draw a PIN for dave (stored nowhere yet)
+  hardened.mailhost.userdb_pin:
+    user: dave
+    generate: true
+    propose: true
+  register: dave_pin
+  no_log: true
+
+- name: Hand it to the operator first
+  hardened.mailhost.controller_secret:
+    path: "~/pins/{{ inventory_hostname }}/dave.pin"
+    content: "{{ dave_pin.pin }}"
+    owner: "{{ inventory_hostname }}"
+  when: dave_pin.pin is defined
+  no_log: true
+
+- name: Then store it
+  hardened.mailhost.userdb_pin:
+    user: dave
+    pin: "{{ dave_pin.pin }}"
+  when: dave_pin.pin is defined
+  no_log: true
+
 - name: Remove carol's PIN
   hardened.mailhost.userdb_pin:
     db: /etc/security/sudo_pin
@@ -132,9 +166,11 @@ action:
   sample: created
   choices: [created, updated, removed, fixed_permissions, none]
 pin:
-  description: The PIN generated in this run. Shown only once; register it with C(no_log).
+  description:
+    - The PIN generated in this run. Shown only once; register it with C(no_log).
+    - With O(propose=true) the PIN drawn for the user, not stored.
   type: str
-  returned: when O(generate=true) made a new PIN outside check mode
+  returned: when O(generate=true) made a new PIN outside check mode, or O(propose=true) drew one
   sample: "40718263"
 """
 
@@ -153,6 +189,7 @@ def main():
             generate=dict(type="bool", default=False),
             generate_length=dict(type="int", default=8),
             rotate=dict(type="bool", default=False),
+            propose=dict(type="bool", default=False),
             min_length=dict(type="int", default=6),
             digits_only=dict(type="bool", default=True),
             refuse_trivial=dict(type="bool", default=True),
@@ -166,7 +203,7 @@ def main():
         result = _userdb.ensure_pin(
             p["db"], p["user"], state=p["state"], pin=p["pin"],
             generate=p["generate"], generate_length=p["generate_length"], rotate=p["rotate"],
-            policy=policy, check_mode=module.check_mode)
+            policy=policy, check_mode=module.check_mode, propose=p["propose"])
     except (_userdb.PinPolicyError, _userdb.UserDBError, _crypt.CryptError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

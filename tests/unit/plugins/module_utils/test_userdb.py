@@ -112,6 +112,24 @@ def test_check_mode_changes_nothing_and_generates_nothing(db):
     assert open(db + ".db", "rb").read() == before
 
 
+def test_propose_draws_a_pin_and_writes_nothing(db):
+    for check_mode in (False, True):
+        drawn = _userdb.ensure_pin(db, "alice", generate=True, propose=True, generate_length=9,
+                                   check_mode=check_mode)
+        assert drawn["action"] == "created" and not drawn["changed"]
+        assert len(drawn["pin"]) == 9 and drawn["pin"].isdigit()
+        assert not os.path.exists(db + ".db")
+    # Stored afterwards as a given PIN, it is what the user has.
+    _userdb.ensure_pin(db, "alice", pin=drawn["pin"])
+    before = open(db + ".db", "rb").read()
+    again = _userdb.ensure_pin(db, "alice", generate=True, propose=True)
+    assert again["action"] == "none" and "pin" not in again and not again["changed"]
+    rotated = _userdb.ensure_pin(db, "alice", generate=True, rotate=True, propose=True)
+    assert rotated["action"] == "updated" and rotated["pin"] != drawn["pin"]
+    assert open(db + ".db", "rb").read() == before
+    assert _crypt.verify(drawn["pin"], _userdb.UserDB(db).read()["alice"])
+
+
 def test_diff_never_contains_secret(db):
     result = _userdb.ensure_pin(db, "alice", pin="482916")
     assert result["diff"] == {"before": "alice: no PIN\n", "after": "alice: PIN set (new)\n"}
@@ -156,6 +174,8 @@ def test_letters_allowed_when_not_digits_only(db):
     (dict(pin="482916", generate=True), "either pin or generate"),
     (dict(pin="482916", rotate=True), "rotate only applies"),
     (dict(state="absent", pin="482916"), "neither pin nor generate"),
+    (dict(pin="482916", propose=True), "propose only applies with generate"),
+    (dict(state="absent", generate=False, propose=True), "neither pin nor generate"),
     (dict(state="gone"), "present or absent"),
 ])
 def test_bad_requests(db, kwargs, fragment):

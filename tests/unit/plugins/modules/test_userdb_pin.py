@@ -67,3 +67,14 @@ def test_absent(tmp_path, db):
     removed, _proc = run_module(tmp_path, db=db, user="alice", state="absent")
     assert removed["changed"] and removed["action"] == "removed"
     assert _userdb.UserDB(db).read() == {}
+
+
+def test_propose_returns_a_pin_and_stores_nothing(tmp_path, db):
+    drawn, _proc = run_module(tmp_path, db=db, user="gina", generate=True, propose=True)
+    assert not drawn["changed"] and drawn["action"] == "created"
+    assert len(drawn["pin"]) == 8 and drawn["pin"].isdigit()
+    assert not os.path.exists(db + ".db")
+    stored, _proc = run_module(tmp_path, db=db, user="gina", pin=drawn["pin"])
+    assert stored["changed"] and drawn["pin"] not in json.dumps(stored)
+    again, _proc = run_module(tmp_path, db=db, user="gina", generate=True, propose=True)
+    assert not again["changed"] and "pin" not in again
