@@ -50,6 +50,13 @@ Every change to the index happens under an exclusive lock on ``.lock`` in the
 folder and rewrites it atomically, so concurrent processes never lose a
 record. Errors are :class:`CAError` with a message an operator can act on;
 nothing is written when one is raised.
+
+``CertificateAuthority`` decides (validation, locking, issuing, revoking,
+re-keying); the parts it composes live beside it: ``_ca_index`` (the index
+file), ``_ca_crl`` (signing and reading the CRL), ``_ca_exports`` (the Postfix
+and Dovecot files), ``_ca_keyfile`` (the key at rest) and ``_ca_common``
+(errors, times, serials). Programs shipped to a host need all of them next to
+``_fileutil`` (the ca role's host mode copies them).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -58,38 +65,61 @@ __metaclass__ = type
 
 import collections
 import datetime
-import json
 import os
 import re
 import secrets
-import stat
-import tempfile
 
-from ansible_collections.hardened.mailhost.plugins.module_utils import _ca_keyfile, _fileutil
+from ansible_collections.hardened.mailhost.plugins.module_utils import (
+    _ca_crl,
+    _ca_exports,
+    _ca_index,
+    _ca_keyfile,
+    _fileutil,
+)
+# Re-exported: callers import these from _ca.
+from ansible_collections.hardened.mailhost.plugins.module_utils._ca_common import (  # noqa: F401 pylint: disable=unused-import
+    CRYPTOGRAPHY_IMPORT_ERROR,
+    HAS_CRYPTOGRAPHY,
+    CAError,
+    CAExistsError,
+    CAPassphraseError,
+    aware,
+    cert_not_after,
+    cert_not_before,
+    check_crl_days,
+    fingerprint_of,
+    hash_for,
+    iso,
+    key_type_of_public,
+    make_private_dir,
+    parse_serial,
+    parse_time,
+    public_der,
+    serial_hex,
+    utcnow,
+)
+from ansible_collections.hardened.mailhost.plugins.module_utils._ca_exports import (  # noqa: F401 pylint: disable=unused-import
+    DOVECOT_EXPORT,
+    EXPORT_DIR,
+    POSTFIX_EXPORT,
+)
+from ansible_collections.hardened.mailhost.plugins.module_utils._ca_index import INDEX_FORMAT  # noqa: F401 pylint: disable=unused-import
 
 try:
     from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.hazmat.primitives.serialization import pkcs12
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-    HAS_CRYPTOGRAPHY = True
-    CRYPTOGRAPHY_IMPORT_ERROR = None
-except ImportError as _exc:  # reported by the modules through missing_required_lib
-    HAS_CRYPTOGRAPHY = False
-    CRYPTOGRAPHY_IMPORT_ERROR = _exc
+except ImportError:  # HAS_CRYPTOGRAPHY (from _ca_common) says so
+    pass
 
 
-INDEX_FORMAT = 1
 CA_KEY = "ca.key"
 CA_CERT = "ca.crt"
 CRL_FILE = "crl.pem"
 INDEX_FILE = "index.json"
 LOCK_FILE = ".lock"
-EXPORT_DIR = "export"
-POSTFIX_EXPORT = "postfix_relay_clientcerts"
-DOVECOT_EXPORT = "dovecot_ca_crl.pem"
 
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
 CA_KEY_TYPES = ("ec-p256", "ec-p384", "rsa-3072", "rsa-4096")
@@ -130,84 +160,6 @@ IssuedCert = collections.namedtuple(
         "replaced",         # list of index records revoked as superseded
     ],
 )
-
-
-class CAError(Exception):
-    """A problem the operator can act on; the message says what and where."""
-
-
-class CAExistsError(CAError):
-    """``init`` found a CA already in the folder."""
-
-
-class CAPassphraseError(CAError):
-    """The passphrase does not open the CA key."""
-
-
-def utcnow():
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-
-
-def _aware(value):
-    if value.tzinfo is None:
-        return value.replace(tzinfo=datetime.timezone.utc)
-    return value.astimezone(datetime.timezone.utc)
-
-
-def _iso(value):
-    return _aware(value).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text):
-    """Parse the index's ``YYYY-MM-DDTHH:MM:SSZ`` form into an aware datetime."""
-    if len(text) != 20 or text[4] != "-" or text[10] != "T" or text[19] != "Z":
-        raise ValueError("not a YYYY-MM-DDTHH:MM:SSZ time: %r" % (text,))
-    return datetime.datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]),
-                             int(text[14:16]), int(text[17:19]), tzinfo=datetime.timezone.utc)
-
-
-# cryptography >= 42 has *_utc properties; Debian 12 ships 38 (naive UTC).
-def _cert_not_before(cert):
-    return _aware(getattr(cert, "not_valid_before_utc", None) or cert.not_valid_before)
-
-
-def _cert_not_after(cert):
-    return _aware(getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after)
-
-
-def _crl_last_update(crl):
-    return _aware(getattr(crl, "last_update_utc", None) or crl.last_update)
-
-
-def _crl_next_update(crl):
-    value = getattr(crl, "next_update_utc", None) or crl.next_update
-    return None if value is None else _aware(value)
-
-
-def fingerprint_of(cert):
-    """SHA-256 fingerprint of a certificate as Postfix prints ``ccert_fingerprint``."""
-    return ":".join("%02X" % b for b in bytearray(cert.fingerprint(hashes.SHA256())))
-
-
-def serial_hex(number):
-    text = "%X" % number
-    return text if len(text) % 2 == 0 else "0" + text
-
-
-def parse_serial(value):
-    """Accept an int or a hex string (``0x`` prefix, colons, any case allowed)."""
-    if isinstance(value, bool):
-        raise CAError("serial must be a hex string or an integer, not %r" % (value,))
-    if isinstance(value, int):
-        if value <= 0:
-            raise CAError("serial must be positive, got %d" % value)
-        return serial_hex(value)
-    text = str(value).strip().replace(":", "")
-    if text.lower().startswith("0x"):
-        text = text[2:]
-    if not text or not re.fullmatch(r"[0-9A-Fa-f]{1,40}", text):
-        raise CAError("serial %r is not a hex number (as printed in the index or by openssl)" % (value,))
-    return serial_hex(int(text, 16))
 
 
 def validate_email(email):
@@ -288,18 +240,6 @@ def _generate_key(key_type):
     raise CAError("unknown key type %r; choose one of %s" % (key_type, ", ".join(KEY_TYPES)))
 
 
-def _hash_for(key):
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
-        return hashes.SHA384()
-    return hashes.SHA256()
-
-
-def _public_der(key_or_public):
-    public = key_or_public.public_key() if hasattr(key_or_public, "public_key") else key_or_public
-    return public.public_bytes(serialization.Encoding.DER,
-                               serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
 def pkcs12_encryption(password, legacy=False):
     """Modern (AES-256-CBC, PBKDF2-SHA256, HMAC-SHA256) or legacy (3DES, SHA-1) PKCS#12.
 
@@ -336,8 +276,8 @@ class CertificateAuthority:
         self.passphrase = passphrase
         self._key = None
         self._cert = None
-        self._index_cache = None  # (stat signature, parsed index)
-        self._line_cache = {}  # serial -> (index record, its serialized line)
+        self._index = _ca_index.IndexStore(self.path(INDEX_FILE))
+        self._exports = _ca_exports.Exports(self.ca_dir, self.path(CA_CERT), self.path(CRL_FILE))
         self._key_loads = 0  # key derivations paid by this object (tests check it is 1)
         self.warnings = []  # operator-facing advice found while loading; no secrets
 
@@ -347,11 +287,11 @@ class CertificateAuthority:
 
     @property
     def postfix_export_path(self):
-        return self.path(EXPORT_DIR, POSTFIX_EXPORT)
+        return self._exports.postfix_path
 
     @property
     def dovecot_export_path(self):
-        return self.path(EXPORT_DIR, DOVECOT_EXPORT)
+        return self._exports.dovecot_path
 
     def exists(self):
         """True when a CA (key or certificate) is present in the folder."""
@@ -417,7 +357,7 @@ class CertificateAuthority:
         except (ValueError, TypeError):
             raise CAPassphraseError("wrong passphrase for the CA key %s (or the key file is damaged)"
                                     % self.path(CA_KEY))
-        if _public_der(key) != _public_der(self.certificate().public_key()):
+        if public_der(key) != public_der(self.certificate().public_key()):
             raise CAError("CA key %s does not belong to CA certificate %s"
                           % (self.path(CA_KEY), self.path(CA_CERT)))
         return key, encryption
@@ -438,59 +378,17 @@ class CertificateAuthority:
         key = self._private_key()
         cert = self.certificate()
         now = now or utcnow()
-        if _cert_not_after(cert) <= now:
+        if cert_not_after(cert) <= now:
             raise CAError("the CA certificate expired on %s: create a new CA (and re-issue devices)"
-                          % _iso(_cert_not_after(cert)))
-        if _cert_not_before(cert) > now:
+                          % iso(cert_not_after(cert)))
+        if cert_not_before(cert) > now:
             raise CAError("the CA certificate is not valid before %s: check the clock"
-                          % _iso(_cert_not_before(cert)))
+                          % iso(cert_not_before(cert)))
         return key
-
-    def _stat_sig(self):
-        st = os.stat(self.path(INDEX_FILE))
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _load_index(self):
         self._require_ca()
-        sig = self._stat_sig()
-        if self._index_cache is not None and self._index_cache[0] == sig:
-            return self._copy_index(self._index_cache[1])
-        try:
-            with open(self.path(INDEX_FILE), "r") as handle:
-                index = json.load(handle)
-        except ValueError as exc:
-            raise CAError("CA index %s is corrupt: %s" % (self.path(INDEX_FILE), exc))
-        if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT \
-                or not isinstance(index.get("certificates"), list):
-            raise CAError("CA index %s is corrupt or of an unknown format" % self.path(INDEX_FILE))
-        self._index_cache = (sig, index)
-        return self._copy_index(index)
-
-    @staticmethod
-    def _copy_index(index):
-        # Records are never changed in place (_mark_revoked replaces them),
-        # so a copy of the list is enough to keep the cached index intact.
-        copy = dict(index)
-        copy["certificates"] = list(index["certificates"])
-        return copy
-
-    def _save_index(self, index):
-        # One record per line: readable and diffable, and json's C encoder
-        # stays in use (indent= would fall back to the slow pure-Python one).
-        head = dict((k, v) for k, v in index.items() if k != "certificates")
-        cache, lines = {}, []
-        for rec in index["certificates"]:
-            # The same record object has the same line (records are replaced,
-            # never changed); a record read back from disk is a new object.
-            hit = self._line_cache.get(rec["serial"])
-            line = hit[1] if hit is not None and hit[0] is rec else json.dumps(rec, sort_keys=True)
-            cache[rec["serial"]] = (rec, line)
-            lines.append(line)
-        self._line_cache = cache
-        data = "%s, \"certificates\": [\n%s\n]}\n" % (
-            json.dumps(head, sort_keys=True)[:-1], ",\n".join(lines))
-        _fileutil.atomic_write(self.path(INDEX_FILE), data, mode=0o600)
-        self._index_cache = (self._stat_sig(), self._copy_index(index))
+        return self._index.load()
 
     def _lock(self, creating=False):
         if not creating:
@@ -515,16 +413,16 @@ class CertificateAuthority:
             raise CAError("CA common name must have 1-64 characters")
         if organization is not None and (not organization or len(organization) > 64):
             raise CAError("CA organization must have 1-64 characters")
-        self._check_crl_days(crl_next_update_days)
+        check_crl_days(crl_next_update_days)
         if self.exists():
             raise CAExistsError("a CA already exists in %s" % self.ca_dir)
         now = utcnow()
-        start = _aware(not_before) if not_before else now - BACKDATE
-        end = _aware(not_after) if not_after else now + datetime.timedelta(days=days)
+        start = aware(not_before) if not_before else now - BACKDATE
+        end = aware(not_after) if not_after else now + datetime.timedelta(days=days)
         if end <= start:
             raise CAError("CA validity must end after it starts (days=%r)" % (days,))
 
-        self._make_dir(self.ca_dir)
+        make_private_dir(self.ca_dir)
         key = _generate_key(key_type)
         names = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
         if organization:
@@ -547,7 +445,7 @@ class CertificateAuthority:
             .add_extension(ski, critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
                            critical=False)
-            .sign(key, _hash_for(key))
+            .sign(key, hash_for(key))
         )
         key_pem = _ca_keyfile.encrypt_private_key(key, self.passphrase, KEY_KDF_ROUNDS)
         with self._lock(creating=True):
@@ -557,33 +455,17 @@ class CertificateAuthority:
             _fileutil.atomic_write(self.path(CA_CERT), cert.public_bytes(serialization.Encoding.PEM),
                                    mode=0o600)
             self._key, self._cert = key, cert
-            index = {
-                "format": INDEX_FORMAT,
-                "crl_number": 0,
-                "crl_next_update_days": int(crl_next_update_days),
-                "certificates": [],
-            }
+            index = _ca_index.new_index(crl_next_update_days)
             self._write_crl(index, None, now, check_validity=False)
-            self._save_index(index)
+            self._index.save(index)
             self._write_exports(index)
         return self.info()
-
-    @staticmethod
-    def _make_dir(folder):
-        if not os.path.isdir(folder):
-            os.makedirs(folder, mode=0o700)
-        os.chmod(folder, 0o700)
-
-    @staticmethod
-    def _check_crl_days(days):
-        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
-            raise CAError("CRL next-update must be 1-3650 days, got %r" % (days,))
 
     # ---------------------------------------------------------------- issue
     @staticmethod
     def _is_current(rec, now):
         # The index's fixed-width UTC form sorts like the times it holds.
-        return rec["state"] == "valid" and rec["not_after"] > _iso(now)
+        return rec["state"] == "valid" and rec["not_after"] > iso(now)
 
     def plan_issue(self, email, name, device, replace=False, key_type="ec-p256", days=120,
                    not_before=None, not_after=None, now=None, allowed_domains=None, relay_only=False):
@@ -608,15 +490,15 @@ class CertificateAuthority:
             raise CAError("unknown key type %r; choose one of %s" % (key_type, ", ".join(KEY_TYPES)))
         if isinstance(days, bool) or not isinstance(days, int):
             raise CAError("days must be an integer, got %r" % (days,))
-        end = _aware(not_after) if not_after else now + datetime.timedelta(days=days)
-        start = _aware(not_before) if not_before else min(now - BACKDATE, end - datetime.timedelta(days=1))
+        end = aware(not_after) if not_after else now + datetime.timedelta(days=days)
+        start = aware(not_before) if not_before else min(now - BACKDATE, end - datetime.timedelta(days=1))
         if end <= start:
             raise CAError("certificate validity must end after it starts")
         self._signing_key(now)
-        ca_end = _cert_not_after(self.certificate())
+        ca_end = cert_not_after(self.certificate())
         if end > ca_end:
             raise CAError("a %d-day certificate would outlive the CA (valid until %s): use fewer days "
-                          "or create a new CA" % (days, _iso(ca_end)))
+                          "or create a new CA" % (days, iso(ca_end)))
         current = [rec for rec in index["certificates"]
                    if rec["email"] == email and rec["device"] == device and self._is_current(rec, now)]
         if current and not replace:
@@ -680,7 +562,7 @@ class CertificateAuthority:
                                critical=False)
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                                critical=False)
-                .sign(ca_key, _hash_for(ca_key))
+                .sign(ca_key, hash_for(ca_key))
             )
             record = {
                 "serial": serial_hex(serial_number),
@@ -689,9 +571,9 @@ class CertificateAuthority:
                 "device": device,
                 "subject": cert.subject.rfc4514_string(),
                 "key_type": key_type,
-                "issued_at": _iso(now),
-                "not_before": _iso(start),
-                "not_after": _iso(end),
+                "issued_at": iso(now),
+                "not_before": iso(start),
+                "not_after": iso(end),
                 "fingerprint_sha256": fingerprint_of(cert),
                 "state": "valid",
                 "revoked_at": None,
@@ -699,11 +581,11 @@ class CertificateAuthority:
                 "relay_only": bool(relay_only),
             }
             for old in replaced:
-                self._mark_revoked(index, old["serial"], "superseded", now)
+                _ca_index.mark_revoked(index, old["serial"], "superseded", now)
             index["certificates"].append(record)
             if replaced:
                 self._write_crl(index, None, now)
-            self._save_index(index)
+            self._index.save(index)
             self._write_exports(index, now)
         p12 = pkcs12.serialize_key_and_certificates(
             device.encode("utf-8"), device_key, cert, [ca_cert],
@@ -719,27 +601,10 @@ class CertificateAuthority:
             pkcs12_password=password,
             serial_number=serial_number,
             record=dict(record),
-            replaced=[self._find(index, r["serial"]) for r in replaced],
+            replaced=[_ca_index.find(index, r["serial"]) for r in replaced],
         )
 
     # --------------------------------------------------------------- revoke
-    @staticmethod
-    def _find(index, serial):
-        for rec in index["certificates"]:
-            if rec["serial"] == serial:
-                return dict(rec)
-        return None
-
-    @staticmethod
-    def _mark_revoked(index, serial, reason, now):
-        certs = index["certificates"]
-        for position, rec in enumerate(certs):
-            if rec["serial"] == serial:
-                certs[position] = dict(rec, state="revoked", revoked_at=_iso(now),
-                                       revocation_reason=reason)
-                return
-        raise CAError("serial %s is not in the index" % serial)
-
     def plan_revoke(self, target, reason="unspecified", now=None):
         """Records that ``revoke(target)`` would revoke (empty when already done).
 
@@ -762,7 +627,7 @@ class CertificateAuthority:
                 raise CAError("no certificate was ever issued to %s for device %r" % (email, device))
             return [dict(rec) for rec in matches if rec["state"] == "valid"]
         serial = parse_serial(target)
-        rec = self._find(index, serial)
+        rec = _ca_index.find(index, serial)
         if rec is None:
             raise CAError("serial %s is unknown to the CA in %s" % (serial, self.ca_dir))
         return [] if rec["state"] == "revoked" else [rec]
@@ -781,43 +646,18 @@ class CertificateAuthority:
                 return []
             self._signing_key(now)
             for rec in todo:
-                self._mark_revoked(index, rec["serial"], reason, now)
+                _ca_index.mark_revoked(index, rec["serial"], reason, now)
             self._write_crl(index, next_update_days, now)
-            self._save_index(index)
+            self._index.save(index)
             self._write_exports(index, now)
-            return [self._find(index, rec["serial"]) for rec in todo]
+            return [_ca_index.find(index, rec["serial"]) for rec in todo]
 
     # ------------------------------------------------------------------ CRL
     def _write_crl(self, index, next_update_days, now, check_validity=True):
         days = index.get("crl_next_update_days", 30) if next_update_days is None else next_update_days
-        self._check_crl_days(days)
+        check_crl_days(days)
         key = self._signing_key(now) if check_validity else self._private_key()
-        cert = self.certificate()
-        index["crl_number"] = int(index.get("crl_number", 0)) + 1
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(cert.subject)
-            .last_update(now)
-            .next_update(now + datetime.timedelta(days=days))
-            .add_extension(x509.CRLNumber(index["crl_number"]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
-                           critical=False)
-        )
-        for rec in index["certificates"]:
-            if rec["state"] != "revoked":
-                continue
-            entry = (x509.RevokedCertificateBuilder()
-                     .serial_number(int(rec["serial"], 16))
-                     .revocation_date(parse_time(rec["revoked_at"])))
-            reason = rec.get("revocation_reason") or "unspecified"
-            if reason != "unspecified":  # RFC 5280: omit the code rather than say unspecified
-                entry = entry.add_extension(x509.CRLReason(getattr(x509.ReasonFlags, reason)),
-                                            critical=False)
-            builder = builder.add_revoked_certificate(entry.build())
-        crl = builder.sign(key, _hash_for(key))
-        _fileutil.atomic_write(self.path(CRL_FILE), crl.public_bytes(serialization.Encoding.PEM),
-                               mode=0o600)
-        return crl
+        return _ca_crl.sign_crl(self.path(CRL_FILE), index, key, self.certificate(), days, now)
 
     def crl(self, next_update_days=None):
         """Re-sign the CRL now (next CRL number) and refresh both exports.
@@ -830,98 +670,24 @@ class CertificateAuthority:
             index = self._load_index()
             self._signing_key(now)
             self._write_crl(index, next_update_days, now)
-            self._save_index(index)
+            self._index.save(index)
             self._write_exports(index, now)
         return self.crl_status()
 
     def load_crl(self):
         """The current CRL (cryptography object) or ``None`` when missing."""
-        try:
-            with open(self.path(CRL_FILE), "rb") as handle:
-                data = handle.read()
-        except (IOError, OSError):
-            return None
-        try:
-            crl = x509.load_pem_x509_crl(data)
-        except ValueError as exc:
-            raise CAError("CRL %s is corrupt: %s" % (self.path(CRL_FILE), exc))
-        return crl
+        return _ca_crl.load_crl(self.path(CRL_FILE))
 
     def crl_status(self, now=None):
-        """What the current CRL says and whether it matches the index.
-
-        Keys: ``exists``, ``corrupt`` (unreadable file), ``number``, ``last_update``, ``next_update``,
-        ``days_left`` (float), ``revoked_serials`` (sorted hex), ``missing``
-        (revoked in the index but not in the CRL), ``signature_valid``.
-        """
-        now = now or utcnow()
-        index = self._load_index()
-        wanted = sorted(rec["serial"] for rec in index["certificates"] if rec["state"] == "revoked")
-        try:
-            crl = self.load_crl()
-        except CAError:
-            crl = False  # unreadable: derived data, re-signing repairs it
-        if crl is None or crl is False:  # (an empty CRL object is falsy)
-            return {"exists": crl is False, "corrupt": crl is False, "number": None,
-                    "last_update": None, "next_update": None, "days_left": None,
-                    "revoked_serials": [], "missing": wanted, "signature_valid": False}
-        listed = sorted(serial_hex(entry.serial_number) for entry in crl)
-        try:
-            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-        except x509.ExtensionNotFound:
-            number = None
-        next_update = _crl_next_update(crl)
-        try:
-            valid = crl.is_signature_valid(self.certificate().public_key())
-        except (InvalidSignature, TypeError, ValueError):
-            valid = False
-        return {
-            "exists": True,
-            "corrupt": False,
-            "number": number,
-            "last_update": _iso(_crl_last_update(crl)),
-            "next_update": _iso(next_update) if next_update else None,
-            "days_left": round((next_update - now).total_seconds() / 86400.0, 2) if next_update else None,
-            "revoked_serials": listed,
-            "missing": sorted(set(wanted) - set(listed)),
-            "signature_valid": bool(valid),
-        }
+        """What the current CRL says and whether it matches the index (see ``_ca_crl.crl_status``)."""
+        return _ca_crl.crl_status(self.path(CRL_FILE), self._load_index(),
+                                  self.certificate().public_key(), now or utcnow())
 
     # -------------------------------------------------------------- exports
-    @staticmethod
-    def postfix_map_text(index, now=None):
-        stamp = _iso(now or utcnow())
-        rows = sorted((rec["email"], rec["device"], rec["fingerprint_sha256"])
-                      for rec in index["certificates"]
-                      if rec["state"] == "valid" and rec["not_before"] <= stamp < rec["not_after"])
-        return "".join("%s %s\n" % (fp, email) for email, _device, fp in rows)
-
-    def _write_if_changed(self, path, data):
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        try:
-            with open(path, "rb") as handle:
-                if handle.read() == data and stat.S_IMODE(os.stat(path).st_mode) == 0o600:
-                    return False
-        except (IOError, OSError):
-            pass
-        _write_derived(path, data)
-        return True
+    postfix_map_text = staticmethod(_ca_exports.postfix_map_text)
 
     def _write_exports(self, index, now=None):
-        self._make_dir(self.path(EXPORT_DIR))
-        changed = self._write_if_changed(self.postfix_export_path, self.postfix_map_text(index, now))
-        return self._export_dovecot() or changed
-
-    def _export_dovecot(self):
-        with open(self.path(CA_CERT), "rb") as handle:
-            data = handle.read()
-        try:
-            with open(self.path(CRL_FILE), "rb") as handle:
-                data += handle.read()
-        except (IOError, OSError):
-            raise CAError("no CRL in %s yet: run the CRL refresh first" % self.ca_dir)
-        return self._write_if_changed(self.dovecot_export_path, data)
+        return self._exports.write(index, now)
 
     def export_postfix_map(self):
         """(Re)write ``export/postfix_relay_clientcerts``; returns (path, changed).
@@ -930,17 +696,13 @@ class CertificateAuthority:
         this (or ``crl()``) regularly; unchanged content is not rewritten.
         """
         with self._lock():
-            index = self._load_index()
-            self._make_dir(self.path(EXPORT_DIR))
-            return self.postfix_export_path, self._write_if_changed(
-                self.postfix_export_path, self.postfix_map_text(index))
+            return self.postfix_export_path, self._exports.write_postfix(self._load_index())
 
     def export_dovecot_ca_crl(self):
         """(Re)write ``export/dovecot_ca_crl.pem``; returns (path, changed)."""
         with self._lock():
             self._require_ca()
-            self._make_dir(self.path(EXPORT_DIR))
-            return self.dovecot_export_path, self._export_dovecot()
+            return self.dovecot_export_path, self._exports.write_dovecot()
 
     def refresh_exports(self):
         """Rewrite both exports when their content changed; returns changed."""
@@ -949,19 +711,7 @@ class CertificateAuthority:
 
     def exports_current(self, now=None):
         """True when both export files hold what ``refresh_exports`` would write."""
-        index = self._load_index()
-        try:
-            with open(self.postfix_export_path, "rb") as handle:
-                if handle.read() != self.postfix_map_text(index, now).encode("utf-8"):
-                    return False
-            with open(self.path(CA_CERT), "rb") as handle:
-                wanted = handle.read()
-            with open(self.path(CRL_FILE), "rb") as handle:
-                wanted += handle.read()
-            with open(self.dovecot_export_path, "rb") as handle:
-                return handle.read() == wanted
-        except (IOError, OSError):
-            return False
+        return self._exports.current(self._load_index(), now)
 
     # ----------------------------------------------------------------- info
     def check(self):
@@ -1028,7 +778,7 @@ class CertificateAuthority:
                 readback = serialization.load_pem_private_key(pem, password=target.encode("utf-8"))
             except (ValueError, TypeError):
                 readback = None
-            if readback is None or _public_der(readback) != _public_der(key):
+            if readback is None or public_der(readback) != public_der(key):
                 raise CAError("the re-encrypted CA key did not read back; %s was left as it was"
                               % self.path(CA_KEY))
             _fileutil.atomic_write(self.path(CA_KEY), pem, mode=0o600)
@@ -1039,16 +789,16 @@ class CertificateAuthority:
     def ca_summary(self, now=None):
         now = now or utcnow()
         cert = self.certificate()
-        end = _cert_not_after(cert)
+        end = cert_not_after(cert)
         return {
             "subject": cert.subject.rfc4514_string(),
             "serial": serial_hex(cert.serial_number),
-            "not_before": _iso(_cert_not_before(cert)),
-            "not_after": _iso(end),
+            "not_before": iso(cert_not_before(cert)),
+            "not_after": iso(end),
             "days_left": int((end - now).total_seconds() // 86400),
             "expired": end <= now,
             "fingerprint_sha256": fingerprint_of(cert),
-            "key_type": _key_type_of_public(cert.public_key()),
+            "key_type": key_type_of_public(cert.public_key()),
             "key_encryption": self.key_encryption(),
             "ca_dir": self.ca_dir,
         }
@@ -1084,34 +834,3 @@ class CertificateAuthority:
             "exports": {"postfix_relay_clientcerts": self.postfix_export_path,
                         "dovecot_ca_crl": self.dovecot_export_path},
         }
-
-
-def _write_derived(path, data):
-    """Atomic replace without fsync, for the exports only.
-
-    They are derived from the index (which is fsynced) and rewritten by every
-    later run, so they skip the two fsyncs that would double the cost of an
-    issue on a busy disk. Mode 0600 is set before any content is written.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=os.path.dirname(path))
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            fd = None
-            handle.write(data)
-        os.rename(tmp, path)
-        tmp = None
-    finally:
-        if fd is not None:
-            os.close(fd)
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
-def _key_type_of_public(public):
-    if isinstance(public, ec.EllipticCurvePublicKey):
-        return "ec-p%d" % public.curve.key_size
-    return "rsa-%d" % public.key_size
