@@ -10,7 +10,9 @@ One line per (user, device)::
 
     alice+phone:{SHA512-CRYPT}$6$salt$hash::::::user=alice
 
-The login name a mail client types is ``<user>+<device>``; ``+`` never occurs
+The login name a mail client types is ``<user>+<device>`` (the dovecot role
+also takes ``<user>+<device>@<served domain>``, and nothing with another
+domain: it drops a served domain before it looks the name up); ``+`` never occurs
 in a Linux user name or in a device label, so the split is unambiguous. The
 ``user=`` extra field makes Dovecot continue as the Linux account ``<user>``
 (its mailbox, and the SASL user name it reports to Postfix). Only the hash is

@@ -22,6 +22,9 @@ description:
   - The mail client logs in as C(<user>+<device>) (RV(login)); Dovecot then continues as
     the Linux account O(user) (the C(user=) extra field of the entry), so the device reads
     the user's mailbox and Postfix sees O(user) as the SASL user name.
+  - With the C(hardened.mailhost.dovecot) role the client may also log in as
+    C(<user>+<device>@<domain>) when C(<domain>) is one of the mail domains the host serves
+    (C(dovecot_mail_domains)); with any other domain the login is refused.
   - An existing password is kept unless O(regenerate=true), so the module is idempotent.
   - The file is replaced atomically under a lock, owner C(root), group O(group), mode
     C(0640). A line the module does not understand is an error and nothing is changed.
