@@ -2,13 +2,20 @@
 
 Every check logs in from the host through the published port 993 with a real
 client (imaplib over TLS), as Thunderbird or K-9 would. Certificates come from
-the collection's CA (molecule/common/hmtest/pki.py, run in prepare).
+the collection's CA (molecule/common/hmtest/pki.py and identity_certs.py, run
+in prepare). The served mail domains are example.test and example.org
+(molecule.yml).
+
+The scenario verifies twice: tests marked ``both_phases`` run again after
+side_effect.yml swapped the IMAP mode on both releases; the rest run in the
+first verify only (``_phase_gate``).
 """
 
 import email.message
 import fcntl
 import json
 import os
+import re
 import smtplib
 import subprocess
 import sys
@@ -26,6 +33,44 @@ SCENARIO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 EXCLUSIVE_TESTS = ("test_ca_file_guard_and_revocation_through_the_ca_playbook",)
+
+
+PHASE_FILE = "/etc/hm-test-phase"  # written by side_effect.yml
+
+
+def both_phases(test):
+    """Run ``test`` in both verifies; it asks ``cert_required`` for the mode."""
+    test.both_phases = True
+    return test
+
+
+def phase_of(instance):
+    marker = instance.host.file(PHASE_FILE)
+    return marker.content_string.strip() if marker.exists else "first"
+
+
+def cert_required_mode(instance):
+    """dovecot_imap_require_client_cert on ``instance`` in this verify: first Debian 12
+    true and Debian 13 false (converge), then swapped (side_effect.yml)."""
+    first = instance.platform != "debian13"
+    return first if phase_of(instance) == "first" else not first
+
+
+@pytest.fixture
+def cert_required(instance):
+    return cert_required_mode(instance)
+
+
+@pytest.fixture(autouse=True)
+def _phase_gate(request):
+    if getattr(request.function, "both_phases", False):
+        return
+    if "instance" in request.fixturenames:
+        instances = [request.getfixturevalue("instance")]
+    else:  # a test over every instance at once
+        instances = load_instances()
+    if any(phase_of(instance) != "first" for instance in instances):
+        pytest.skip("runs in the first verify only")
 
 
 @pytest.fixture(autouse=True)
@@ -80,10 +125,48 @@ def app_password_module(instance, args):
     return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"][instance.name]
 
 
+def owner_of_mailbox(result):
+    """Whose mailbox a logged-in IMAP session shows (``owner_folders`` made the marker)."""
+    typ, data = result.conn.list()
+    assert typ == "OK", data
+    owners = [user for user in ("alice", "bob") if any(b"hm-owner-" + user.encode() in line for line in data)]
+    assert len(owners) == 1, data
+    return owners[0]
+
+
+@pytest.fixture(scope="module")
+def owner_folders(instance):
+    """One folder per account that names its owner, so a test can see whose mailbox it opened."""
+    for user in ("alice", "bob"):
+        instance.run("doveadm", "mailbox", "create", "-u", user, "hm-owner-" + user, check=False)
+        assert "hm-owner-" + user in instance.run("doveadm", "mailbox", "list", "-u", user).stdout
+
+
+SASL_SOCKET = "/var/spool/postfix/private/auth"
+
+# Runs in the container: every (user, password) pair at once, so Dovecot's
+# delay after each failed login is paid once, not once per pair.
+_DOVEADM_MANY = """
+import concurrent.futures, json, subprocess, sys
+cases = json.load(sys.stdin)
+def attempt(case):
+    proc = subprocess.run(["doveadm", "auth", "test", "-a", "%s", case[0], case[1]],
+                          capture_output=True, text=True)
+    return [proc.returncode, proc.stdout + proc.stderr]
+with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:
+    print(json.dumps(list(pool.map(attempt, cases))))
+""" % SASL_SOCKET
+
+
 def doveadm_auth(instance, user, password):
     """Authenticate on the socket Postfix uses for SASL (as smtpd would)."""
-    return instance.run("doveadm", "auth", "test", "-a", "/var/spool/postfix/private/auth",
-                        user, password, check=False)
+    return instance.run("doveadm", "auth", "test", "-a", SASL_SOCKET, user, password, check=False)
+
+
+def doveadm_auth_many(instance, cases):
+    """``doveadm_auth`` for each (user, password) side by side: [(returncode, output), ...]."""
+    proc = instance.run("python3", "-c", _DOVEADM_MANY, stdin=json.dumps(cases))
+    return [tuple(result) for result in json.loads(proc.stdout)]
 
 
 # --------------------------------------------------------------- service shape
@@ -162,57 +245,110 @@ def test_bad_certificates_are_refused(pki, server_pem, imaps, name):
     assert not result.ok, result
 
 
-def test_no_certificate_is_refused(pki, server_pem, imaps):
-    result = imap.login_external(imaps, ctx_for(pki, server_pem))
-    assert not result.ok, result
-
-
 def test_certificate_cannot_act_as_another_user(pki, server_pem, imaps):
     """EXTERNAL with an authorization identity (bob) on alice's certificate."""
     result = imap.login_external(imaps, ctx_for(pki, server_pem, "alice-valid"), authzid="bob")
     assert not result.ok, result
 
 
+# ------------------------------------ identity: the whole address, served domains only
+
+@pytest.mark.parametrize("name, owner", [
+    ("alice-valid", "alice"),       # alice@example.test
+    ("id-bob-second", "bob"),       # bob@example.org, the second served domain
+    ("id-alice-upper", "alice"),    # Alice@EXAMPLE.TEST: compared in lower case
+])
+def test_certificate_in_a_served_domain_opens_its_account(pki, server_pem, imaps, owner_folders, name, owner):
+    result = imap.login_external(imaps, ctx_for(pki, server_pem, name))
+    assert result.ok, result
+    try:
+        assert owner_of_mailbox(result) == owner
+    finally:
+        result.close()
+
+
+@pytest.mark.parametrize("name", [
+    "id-alice-other",   # alice@other.example: the CA signed it (relay-only), the host does not serve it
+    "id-alice-sub",     # alice@mail.example.test: a sub-domain is not a served domain
+    "id-alice-bare",    # CN "alice", no domain
+    "id-alice-double",  # alice@other.example@example.test
+])
+def test_certificate_outside_the_served_domains_is_refused(pki, server_pem, imaps, name):
+    """The certificate is valid (CA, CRL, dates): the TLS handshake passes, the login does not."""
+    result = imap.login_external(imaps, ctx_for(pki, server_pem, name))
+    assert not result.ok, result
+    assert result.stage == "auth", result
+
+
 # ------------------------------------------------------------- passwords
 
+@both_phases
 def test_login_password_is_refused_with_and_without_certificate(pki, server_pem, imaps):
     for name in (None, "alice-valid"):
         result = imap.login_password(imaps, ctx_for(pki, server_pem, name), "alice", "Linux-Login-Pass-1")
         assert not result.ok, (name, result)
 
 
-def imap_app_passwords(instance):
-    """The converge lets IMAP use app passwords without a certificate on Debian 13 only."""
-    return instance.platform == "debian13"
-
-
-def test_app_password_on_imap(instance, pki, server_pem, imaps):
-    right = app_password(pki, instance, "phone")
-    without = imap.login_password(imaps, ctx_for(pki, server_pem), "alice+phone", right)
-    if not imap_app_passwords(instance):
-        # Certificate required: IMAP offers EXTERNAL only, the right password opens nothing.
-        assert not without.ok, without
-        with_cert = imap.login_password(imaps, ctx_for(pki, server_pem, "alice-valid"), "alice+phone", right)
-        assert not with_cert.ok, with_cert
-        return
-    assert without.ok, without
+def capabilities(imaps, ctx):
+    conn = imap.connect(imaps, ctx)
     try:
-        assert without.conn.select("INBOX")[0] == "OK"
+        return set(conn.capabilities)
     finally:
-        without.close()
-    for user, password in (("alice+phone", right + "x"), ("alice+laptop", right), ("alice", right),
-                           ("bob+phone", right)):
+        conn.shutdown()
+
+
+@both_phases
+def test_imap_mode(instance, pki, server_pem, imaps, cert_required):
+    """Certificate-required mode: IMAP offers EXTERNAL only and the right app password opens
+    nothing. App-password mode: it opens the mailbox without a certificate (also as
+    <login>@<served domain>), and a certificate still logs in with EXTERNAL."""
+    right = app_password(pki, instance, "phone")
+    offered = capabilities(imaps, ctx_for(pki, server_pem))
+    assert "AUTH=EXTERNAL" in offered, offered
+    with_cert = imap.login_external(imaps, ctx_for(pki, server_pem, "alice-valid"))
+    assert with_cert.ok, with_cert
+    with_cert.close()
+    without_cert = imap.login_external(imaps, ctx_for(pki, server_pem))
+    assert not without_cert.ok, without_cert
+    if cert_required:
+        # (Dovecot may still list PLAIN before login: the auth process advertises its global
+        # mechanisms, and refuses them for IMAP.)
+        for name in (None, "alice-valid"):
+            refused = imap.login_password(imaps, ctx_for(pki, server_pem, name), "alice+phone", right)
+            assert not refused.ok, (name, refused)
+        return
+    assert "AUTH=PLAIN" in offered and "LOGINDISABLED" not in offered, offered
+    for login in ("alice+phone", "alice+phone@example.org"):
+        ok = imap.login_password(imaps, ctx_for(pki, server_pem), login, right)
+        assert ok.ok, (login, ok)
+        try:
+            assert ok.conn.select("INBOX")[0] == "OK"
+        finally:
+            ok.close()
+    # Every failed login from the one test address slows the next (Dovecot's auth penalty):
+    # the other wrong names are proven on the SASL socket, which has the same passdbs.
+    for user, password in (("alice+phone", right + "x"), ("alice+phone@other.example", right)):
         refused = imap.login_password(imaps, ctx_for(pki, server_pem), user, password)
         assert not refused.ok, (user, refused)
 
 
 def test_app_password_on_the_postfix_sasl_socket(instance, pki):
+    """Postfix's view: <user>+<device> as before, or with a served domain, and the SASL user
+    is the Linux account. Refused: another domain, a wrong password or device, the Linux
+    login password."""
     right = app_password(pki, instance, "phone")
-    ok = doveadm_auth(instance, "alice+phone", right)
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "user=alice" in ok.stdout  # Postfix sees the Linux account as SASL user
-    assert doveadm_auth(instance, "alice+phone", right + "x").returncode != 0
-    assert doveadm_auth(instance, "alice", "Linux-Login-Pass-1").returncode != 0
+    accepted = [[login, right] for login in ("alice+phone", "alice+phone@example.test",
+                                             "ALICE+PHONE@Example.ORG")]
+    refused = [[login, right] for login in ("alice+phone@other.example", "alice+phone@mail.example.test",
+                                            "alice+phone@example.test@other.example", "alice+laptop",
+                                            "alice", "bob+phone")]
+    refused += [["alice+phone", right + "x"], ["alice", "Linux-Login-Pass-1"]]
+    results = doveadm_auth_many(instance, accepted + refused)
+    for (login, _password), (returncode, output) in zip(accepted, results[:len(accepted)]):
+        assert returncode == 0 and "auth succeeded" in output, (login, output)
+        assert "user=alice" in output, (login, output)  # Postfix sees the Linux account
+    for (login, _password), (returncode, output) in zip(refused, results[len(accepted):]):
+        assert returncode != 0 and "auth failed" in output, (login, output)
 
 
 def test_removed_app_password_is_refused(instance, server_pem, imaps):
@@ -223,7 +359,7 @@ def test_removed_app_password_is_refused(instance, server_pem, imaps):
     # test's login in this same second may have just cached the old file.
     time.sleep(1.5)
     assert doveadm_auth(instance, "alice+tablet", password).returncode == 0
-    if imap_app_passwords(instance):
+    if not cert_required_mode(instance):
         before = imap.login_password(imaps, imap.tls_context(server_pem), "alice+tablet", password)
         assert before.ok, before
         before.close()
@@ -237,6 +373,29 @@ def test_removed_app_password_is_refused(instance, server_pem, imaps):
     assert not after.ok, after
     # The phone's password is untouched.
     assert "alice+phone" in [e["login"] for e in removed["entries"]]
+
+
+# ------------------------------------------------------------- preflight
+
+BAD_DOMAINS = ["*.example.test", "exa mple.org", "-dash.example", "example..org",
+               "example.org\nauth_mechanisms = plain"]
+
+
+def test_malformed_mail_domains_are_refused_before_anything_changes():
+    """Each served domain becomes a pattern in dovecot.conf: the preflight lets only DNS names
+    through, names every bad one and leaves the live configuration alone."""
+    instances = load_instances()
+    before = {i.name: i.run("sha256sum", "/etc/dovecot/dovecot.conf").stdout for i in instances}
+    rc, out = playbook(os.path.join(SCENARIO_DIR, "apply_role.yml"),
+                       "-e", json.dumps({"dovecot_mail_domains": ["example.test"] + BAD_DOMAINS}))
+    assert rc != 0, out
+    assert "must be a non-empty list of domain names" in out and "Nothing was changed" in out, out
+    for bad in BAD_DOMAINS[:-1]:
+        assert bad in out, (bad, out)
+    # The good entry (listed first) is not named.
+    assert re.search(r'not a domain name: \\?"\*\.example\.test', out), out
+    assert "failed=1" in out and "changed=0" in out, out
+    assert {i.name: i.run("sha256sum", "/etc/dovecot/dovecot.conf").stdout for i in instances} == before
 
 
 # ------------------------------------------------- CA file: guard, revocation
