@@ -8,10 +8,39 @@ import pytest
 
 import sshd2fa_helpers as h
 
+JOURNAL_SOCKET = "/run/systemd/journal/stdout"
+
 
 def _streamlocal_forward(conn, path):
     """Ask sshd to listen on a Unix socket for us (what `ssh -R /path:...` does)."""
     return conn.global_request("streamlocal-forward@openssh.com", (path,), wait=True)
+
+
+def _unix_socket_channel_works(conn, path):
+    """A direct-streamlocal channel (`ssh -L port:/path/to/socket`) to a Unix socket on the host.
+
+    paramiko has no call for it, so the three fields of the channel-open
+    message (socket path, reserved string, reserved number) are added to the
+    one message open_channel sends.
+    """
+    original = conn._send_user_message  # pylint: disable=protected-access
+
+    def send_with_socket_path(message):
+        message.add_string(path)
+        message.add_string("")
+        message.add_int(0)
+        conn._send_user_message = original  # pylint: disable=protected-access
+        return original(message)
+
+    conn._send_user_message = send_with_socket_path  # pylint: disable=protected-access
+    try:
+        chan = conn.open_channel("direct-streamlocal@openssh.com", timeout=15)
+    except paramiko.ChannelException:
+        return False
+    finally:
+        conn._send_user_message = original  # pylint: disable=protected-access
+    chan.close()
+    return True
 
 
 def _tcp_channel_works(conn, port):
@@ -30,6 +59,8 @@ def _tcp_channel_works(conn, port):
 def test_no_forwarding_of_any_kind_by_default(instance, ephemeral_dir):
     conn = h.key_transport(instance.port(22), "keyuser", os.path.join(ephemeral_dir, "id_ed25519"))
     try:
+        # journald's stdout socket takes connections from every user.
+        assert not _unix_socket_channel_works(conn, JOURNAL_SOCKET)
         sock = "/tmp/hm-fwd-%s.sock" % uuid.uuid4().hex[:8]
         assert _streamlocal_forward(conn, sock) is None
         assert not instance.host.file(sock).exists
@@ -49,6 +80,7 @@ def test_tcp_opt_in_forwards_tcp_and_nothing_else(instance, ephemeral_dir):
     conn = h.key_transport(instance.port(22), "root", os.path.join(ephemeral_dir, "hm_admin_key"))
     try:
         assert _tcp_channel_works(conn, 22)
+        assert not _unix_socket_channel_works(conn, JOURNAL_SOCKET)
         sock = "/tmp/hm-fwd-%s.sock" % uuid.uuid4().hex[:8]
         assert _streamlocal_forward(conn, sock) is None
         with pytest.raises(paramiko.SSHException):

@@ -54,7 +54,7 @@ def network_problems(networks, gateways):
     gw_addresses = []
     for gateway in gateways or []:
         try:
-            gw_addresses.append(ipaddress.ip_address(str(gateway).split("%")[0]))
+            gw_addresses.append(ipaddress.ip_address(str(gateway).split("%", maxsplit=1)[0]))
         except ValueError:
             continue
     for text in networks or []:
@@ -161,8 +161,8 @@ def match_settings(files, keyword, shown_as=None):
             if key == "match":
                 block = value.strip()
             elif key == keyword and block is not None:
-                places.append("%s:%d (Match %s)" % (shown_as.get(path, path) if shown_as else path,
-                                                     number, block))
+                shown = shown_as.get(path, path) if shown_as else path
+                places.append("%s:%d (Match %s)" % (shown, number, block))
     return places
 
 

@@ -197,7 +197,7 @@ def test_idempotent_same_uri_unchanged_new_uri_rewritten(dest):
     first = ensure(uri, dest, "alice", scratch_codes=["12345678", "23456789"])
     before = snapshot(first["files"])
     again = ensure(uri, dest, "alice", scratch_codes=["12345678", "23456789"],
-                            today=datetime.date(2031, 1, 1))
+                   today=datetime.date(2031, 1, 1))
     assert again == {"changed": False, "files": first["files"], "shown_on_tty": False}
     assert snapshot(first["files"]) == before
     other = ensure(new_uri(), dest, "alice", scratch_codes=["12345678", "23456789"])
@@ -324,7 +324,7 @@ def test_recovery_sheet_identity_on_request(dest):
 
 def test_check_mode_writes_nothing(dest):
     result = ensure(new_uri(), dest, "alice", scratch_codes=["12345678"],
-                             check_mode=True)
+                    check_mode=True)
     assert result["changed"] and result["shown_on_tty"] is False
     assert not os.path.exists(dest)
 

@@ -123,8 +123,8 @@ def test_include_lines_are_expanded_with_the_candidate_in_the_live_files_place(t
     main = "Include %s/*.conf\nUsePAM yes\n# Include nothing\n" % folder
     candidate = str(tmp_path / "candidate.conf")
     expanded = check.expand_main_config(main, live, candidate)
-    assert expanded.splitlines()[0] == "Include %s %s %s" % (candidate, folder / "50-cloud.conf",
-                                                               folder / "60-weak.conf")
+    wanted = "Include %s %s %s" % (candidate, folder / "50-cloud.conf", folder / "60-weak.conf")
+    assert expanded.splitlines()[0] == wanted
     # With a live file present it is replaced, not read twice.
     (folder / "00-hardened.conf").write_text("Match User bob\n  AuthenticationMethods publickey\n")
     assert str(folder / "00-hardened.conf") not in check.expand_main_config(main, live, candidate)
