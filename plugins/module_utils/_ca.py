@@ -329,8 +329,8 @@ class CertificateAuthority:
             self.warnings.append(
                 "the CA key %s is encrypted with %s, weaker than this collection's standard "
                 "(PBKDF2-HMAC-SHA256, %d rounds, AES-256-CBC): re-encrypt it with "
-                "hardened.mailhost.client_ca rekey: true" % (self.path(CA_KEY), _ca_keyfile.describe(encryption),
-                                                              KEY_KDF_ROUNDS))
+                "hardened.mailhost.client_ca rekey: true"
+                % (self.path(CA_KEY), _ca_keyfile.describe(encryption), KEY_KDF_ROUNDS))
         if len(self.passphrase) < MIN_PASSPHRASE:
             self.warnings.append(
                 "the CA passphrase has fewer than %d characters, too few against an offline attack on a "

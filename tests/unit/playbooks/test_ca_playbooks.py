@@ -221,8 +221,9 @@ def test_issue_cert_domains_fall_back_to_localhost_then_warn(tmp_path):
     unchecked = playbook(tmp_path, "issue_cert.yml", cert_email="demo@partner.example", **request)
     assert unchecked.returncode == 0, unchecked.stdout[-3000:]
     assert "WARNING: no hardened_mailhost_mail_domains is set" in unchecked.stdout
-    bad = playbook(tmp_path, "issue_cert.yml", cert_email="ann@example.org",
-                   hardened_mailhost_mail_domains="example.org", **dict(request, cert_device="laptop"))
+    laptop = dict(request)
+    laptop.update(cert_device="laptop", cert_email="ann@example.org", hardened_mailhost_mail_domains="example.org")
+    bad = playbook(tmp_path, "issue_cert.yml", **laptop)
     assert bad.returncode != 0 and "must be a list of domain names" in bad.stdout
 
 
