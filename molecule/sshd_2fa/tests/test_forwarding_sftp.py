@@ -9,6 +9,7 @@ import pytest
 import sshd2fa_helpers as h
 
 JOURNAL_SOCKET = "/run/systemd/journal/stdout"
+PROHIBITED = 1  # SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
 
 
 def _streamlocal_forward(conn, path):
@@ -16,8 +17,12 @@ def _streamlocal_forward(conn, path):
     return conn.global_request("streamlocal-forward@openssh.com", (path,), wait=True)
 
 
-def _unix_socket_channel_works(conn, path):
-    """A direct-streamlocal channel (`ssh -L port:/path/to/socket`) to a Unix socket on the host.
+def _unix_socket_channel(conn, path):
+    """Open a direct-streamlocal channel (`ssh -L port:/path/to/socket`) to a Unix socket on the host.
+
+    Returns "opened", or the SSH open-failure reason code: 1 means sshd's
+    policy refused it (administratively prohibited); 2 means sshd allowed
+    it and tried to connect.
 
     paramiko has no call for it, so the three fields of the channel-open
     message (socket path, reserved string, reserved number) are added to the
@@ -35,19 +40,20 @@ def _unix_socket_channel_works(conn, path):
     conn._send_user_message = send_with_socket_path  # pylint: disable=protected-access
     try:
         chan = conn.open_channel("direct-streamlocal@openssh.com", timeout=15)
-    except paramiko.ChannelException:
-        return False
+    except paramiko.ChannelException as exc:
+        return exc.code
     finally:
         conn._send_user_message = original  # pylint: disable=protected-access
     chan.close()
-    return True
+    return "opened"
 
 
 def _tcp_channel_works(conn, port):
     """A direct-tcpip channel (`ssh -L`) to sshd's own port inside the container."""
     try:
         chan = conn.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 40000), timeout=15)
-    except paramiko.ChannelException:
+    except paramiko.ChannelException as exc:
+        assert exc.code == PROHIBITED, exc
         return False
     try:
         chan.settimeout(15)
@@ -59,8 +65,8 @@ def _tcp_channel_works(conn, port):
 def test_no_forwarding_of_any_kind_by_default(instance, ephemeral_dir):
     conn = h.key_transport(instance.port(22), "keyuser", os.path.join(ephemeral_dir, "id_ed25519"))
     try:
-        # journald's stdout socket takes connections from every user.
-        assert not _unix_socket_channel_works(conn, JOURNAL_SOCKET)
+        # Refused by policy: sshd does not even try to connect (before, it did).
+        assert _unix_socket_channel(conn, JOURNAL_SOCKET) == PROHIBITED
         sock = "/tmp/hm-fwd-%s.sock" % uuid.uuid4().hex[:8]
         assert _streamlocal_forward(conn, sock) is None
         assert not instance.host.file(sock).exists
@@ -80,7 +86,7 @@ def test_tcp_opt_in_forwards_tcp_and_nothing_else(instance, ephemeral_dir):
     conn = h.key_transport(instance.port(22), "root", os.path.join(ephemeral_dir, "hm_admin_key"))
     try:
         assert _tcp_channel_works(conn, 22)
-        assert not _unix_socket_channel_works(conn, JOURNAL_SOCKET)
+        assert _unix_socket_channel(conn, JOURNAL_SOCKET) == PROHIBITED
         sock = "/tmp/hm-fwd-%s.sock" % uuid.uuid4().hex[:8]
         assert _streamlocal_forward(conn, sock) is None
         with pytest.raises(paramiko.SSHException):

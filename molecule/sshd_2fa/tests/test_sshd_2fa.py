@@ -7,6 +7,7 @@ rate-limits per user and remembers used codes.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -228,6 +229,7 @@ def test_enroll_playbook_keeps_every_secret_out_of_the_job_log(instance, ephemer
     """
     playbook = os.path.join(HERE, "..", "..", "..", "playbooks", "enroll_totp.yml")
     dest = os.path.join(ephemeral_dir, "enroll-judy-%s" % instance.platform)
+    shutil.rmtree(dest, ignore_errors=True)  # files of an earlier run are not this host's: refused
     secret_file = "/home/judy/.google_authenticator"
     env = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.jsonl", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}
 
