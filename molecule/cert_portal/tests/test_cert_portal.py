@@ -22,14 +22,26 @@ BUNDLES = "/var/lib/hm-cert-portal-helper/bundles"
 STATE = {}  # per platform: what earlier steps of the story found
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
+def close_browsers():
+    yield
+    for state in STATE.values():
+        for browser in state.get("browsers", []):
+            browser.close()
+
+
+@pytest.fixture()
 def story(instance, ephemeral_dir, tmp_path_factory):
-    """Per platform: URL, passwords, browsers made on demand, closed at the end."""
-    import yaml
-    with open(os.environ["MOLECULE_INVENTORY_FILE"], encoding="utf-8") as handle:
-        inventory = yaml.safe_load(handle)
-    group_vars = inventory["all"]["children"]["hm_targets"]["vars"]
+    """Per platform, kept across the tests of the story (pytest may run them
+    platform by platform or test by test): URL, passwords, browsers made on demand."""
     state = STATE.setdefault(instance.platform, {})
+    if state:
+        return state
+    import yaml
+    # Molecule writes the scenario's group_vars next to its inventory file.
+    path = os.path.join(os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"]), "group_vars", "hm_targets")
+    with open(path, encoding="utf-8") as handle:
+        group_vars = yaml.safe_load(handle)
     state.update(
         url="https://127.0.0.1:%d" % instance.port(443),
         passwords=group_vars["hm_portal_passwords"],
@@ -48,9 +60,7 @@ def story(instance, ephemeral_dir, tmp_path_factory):
         return browser
 
     state["new_browser"] = new_browser
-    yield state
-    for browser in state["browsers"]:
-        browser.close()
+    return state
 
 
 def log_in(instance, story, browser, user, shoot=False):
@@ -78,9 +88,10 @@ def p12_contexts(bundle, password, tmp):
 def test_log_in_issue_download_and_use_on_465_and_993(instance, story):
     browser = story["new_browser"]("alice")
     log_in(instance, story, browser, "alice", shoot=True)
-    assert "alice@example.test" in browser.text() and "You have no certificates yet." in browser.text()
-    browser.shoot("3-certificates-empty")
-    browser.fill("#device", "phone")
+    assert "alice@example.test" in browser.text()
+    browser.shoot("3-certificates")
+    device = story["device"] = "phone-" + uuid.uuid4().hex[:4]  # a rerun of verify finds the old ones
+    browser.fill("#device", device)
     started = time.monotonic()
     browser.submit("#issue button[type=submit]", wait_for="#p12-password")
     story["timings"]["issue_click_to_page_s"] = round(time.monotonic() - started, 2)
@@ -93,7 +104,7 @@ def test_log_in_issue_download_and_use_on_465_and_993(instance, story):
     story["timings"]["issue_click_to_file_s"] = round(time.monotonic() - started, 2)
     cert, key, parsed = p12_contexts(bundle, password, story["tmp"])
     assert parsed.serial_number == int(serial, 16)
-    assert parsed.subject.rfc4514_string() == "OU=phone,O=Alice Example,CN=alice@example.test"
+    assert parsed.subject.rfc4514_string() == "OU=%s,O=Alice Example,CN=alice@example.test" % device
     story.update(serial=serial, cert=cert, key=key, issued_page=browser.driver.current_url)
 
     # The bundle works where it should: relaying on 465, reading mail on 993.
@@ -110,7 +121,7 @@ def test_log_in_issue_download_and_use_on_465_and_993(instance, story):
 
     browser.open("/certs")
     item = browser.find("li.cert[data-serial='%s']" % serial)
-    assert "phone" in item.text and "VALID" in item.text.upper()
+    assert device in item.text and "VALID" in item.text.upper()
     browser.shoot("6-certificates-listed")
     story["alice"] = browser
 
@@ -119,7 +130,7 @@ def test_another_users_serial_and_missing_csrf_token_are_refused(instance, story
     alice = story["alice"]
     bob = story["new_browser"]("bob")
     log_in(instance, story, bob, "bob")
-    bob.fill("#device", "laptop")
+    bob.fill("#device", "laptop-" + uuid.uuid4().hex[:4])
     bob.submit("#issue button[type=submit]", wait_for="#serial")
     bobs = bob.find("#serial").text.strip()
 
@@ -151,7 +162,7 @@ def test_revoke_is_refused_on_465_and_993_within_5_seconds(instance, story):
     clicked = time.monotonic()
     alice.submit(form, wait_for=".note")
     page_s = time.monotonic() - clicked
-    assert "Certificate %s (phone) is revoked" % serial in alice.text()
+    assert "Certificate %s (%s) is revoked" % (serial, story["device"]) in alice.text()
     refused = {}
     deadline = clicked + 15
     while len(refused) < 2 and time.monotonic() < deadline:
@@ -201,7 +212,7 @@ def test_wrong_reused_and_expired_codes_and_bundle_lifetime(instance, story):
     alice = story["alice"]
     # A bundle that is never downloaded: gone after its lifetime.
     alice.open("/certs")
-    alice.fill("#device", "tablet")
+    alice.fill("#device", "tablet-" + uuid.uuid4().hex[:4])
     alice.submit("#issue button[type=submit]", wait_for="#download")
     issued_at = time.monotonic()
     assert instance.run("sh", "-c", "ls %s | wc -l" % BUNDLES).stdout.strip() == "1"
@@ -219,7 +230,7 @@ def test_wrong_reused_and_expired_codes_and_bundle_lifetime(instance, story):
     browser.shoot("11-wrong-code")
     browser.fill("#code", code)
     browser.submit("#code-form button", wait_for="#issue")
-    browser.find("header form.logout button").click()
+    browser.submit("header form.logout button", wait_for="#user")
 
     # The used code, typed into the next login: refused.
     browser.fill("#user", "alice")

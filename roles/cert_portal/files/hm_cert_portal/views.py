@@ -31,7 +31,7 @@ def page(template, status=200, **context):
 def _ended(answer):
     """The helper says the session or the pending login is gone: start over."""
     session.clear()
-    flash(answer.get("error") or "Log in again.")
+    flash(answer.get("error") or "Log in again.", "error")
     return redirect(url_for("login"))
 
 
@@ -76,7 +76,7 @@ def register(app):
             return redirect(url_for("certs"))
         if session.get("pending"):
             return redirect(url_for("code"))
-        return page("login.html", messages=get_flashed_messages())
+        return page("login.html", messages=get_flashed_messages(with_categories=True))
 
     @app.route("/login", methods=["POST"])
     def login_post():
@@ -97,12 +97,12 @@ def register(app):
     def code():
         if not session.get("pending"):
             return redirect(url_for("login"))
-        return page("code.html", sent_to=session.get("sent_to"), messages=get_flashed_messages())
+        return page("code.html", sent_to=session.get("sent_to"), messages=get_flashed_messages(with_categories=True))
 
     @app.route("/code", methods=["POST"])
     def code_post():
         if not session.get("pending"):
-            flash("Log in first.")
+            flash("Log in first.", "error")
             return redirect(url_for("login"))
         answer = ask("verify", pending=session["pending"], code=request.form.get("code", "").strip())
         if not answer.get("ok"):
@@ -135,7 +135,7 @@ def register(app):
             if answer.get("login"):
                 return _ended(answer)
             return page("message.html", answer.get("status", 500), title="Error", message=answer.get("error"))
-        return page("certs.html", status, data=answer, error=error, messages=get_flashed_messages())
+        return page("certs.html", status, data=answer, error=error, messages=get_flashed_messages(with_categories=True))
 
     @app.route("/certs", methods=["GET"])
     def certs():
