@@ -80,7 +80,7 @@ options:
     description:
       - With O(generate=true), store nothing. When the user would get a new PIN (no entry yet,
         or O(rotate=true)), draw one that passes the policy and return it in RV(pin); RV(action)
-        says what storing it would do and RV(changed) is always false.
+        says what storing it would do and the task never reports a change.
       - Lets a playbook keep the PIN safe first (for example in a file on the controller with
         M(hardened.mailhost.controller_secret)) and store it afterwards with O(pin), so that a
         PIN is never stored that nobody received.
