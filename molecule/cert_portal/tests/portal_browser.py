@@ -8,6 +8,7 @@ import shutil
 import time
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
@@ -70,9 +71,17 @@ class Browser:
 
     def submit(self, css, wait_for=None, timeout=60):
         """Click ``css`` and wait until the next page is there (``wait_for`` selector or a new page)."""
-        old = self.find("html")
-        self.find(css).click()
         wait = WebDriverWait(self.driver, timeout)
+        for attempt in range(3):
+            # A page that is still settling can swap its nodes under the click (seen under load).
+            try:
+                old = self.find("html")
+                wait.until(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, css))).click()
+                break
+            except (StaleElementReferenceException, WebDriverException):
+                if attempt == 2:
+                    raise
+                time.sleep(0.5)
         wait.until(expected_conditions.staleness_of(old))
         if wait_for:
             wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, wait_for)))

@@ -7,6 +7,7 @@ serial, a form without its CSRF token, a second download, a bundle past its
 lifetime. Screenshots of every page at phone and desktop width land in the
 scenario's ephemeral folder and /tmp/portal-shots/."""
 
+import json
 import os
 import ssl
 import time
@@ -259,11 +260,17 @@ def test_wrong_reused_and_expired_codes_and_bundle_lifetime(instance, story):
     alice.shoot("13-bundle-expired")
 
 
-def test_report(instance, story):
-    """Timings and page weights for the note (printed with -s / in the log)."""
+def test_report(instance, story, ephemeral_dir):
+    """Timings and page weights for the note: printed (pytest -s) and kept in
+    <ephemeral>/portal-report-<platform>.json and /tmp/portal-shots/."""
     weights = {}
     for browser in story["browsers"]:
         weights.update(browser.weights)
+    report = json.dumps({"timings": story["timings"], "pages": weights}, indent=1, sort_keys=True)
+    for folder in (ephemeral_dir, "/tmp/portal-shots"):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "portal-report-%s.json" % instance.platform), "w", encoding="utf-8") as handle:
+            handle.write(report)
     print("\n[%s] timings: %s" % (instance.platform, story["timings"]))
     for name in sorted(weights):
         print("[%s] page %-22s %s" % (instance.platform, name, weights[name]))
