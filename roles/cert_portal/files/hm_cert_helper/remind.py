@@ -51,7 +51,7 @@ def run(cfg, ca, mailer, log=print):
                              rec["not_after"], rec["days_left"])
         reminded.add(rec["serial"])
         sent += 1
-        log("reminded user=%s device=%s serial=%s not_after=%s" % (user, rec["device"], rec["serial"],
-                                                                      rec["not_after"]))
+        log("reminded user=%s device=%s serial=%s not_after=%s"
+            % (user, rec["device"], rec["serial"], rec["not_after"]))
     save_state(cfg["reminder_state"], reminded & known)
     return sent

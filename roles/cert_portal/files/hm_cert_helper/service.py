@@ -35,7 +35,7 @@ def _clean(value):
 
 
 def _mask(address):
-    local, _, domain = address.partition("@")
+    local, domain = address.rsplit("@", 1)
     return "%s***@%s" % (local[:1], domain)
 
 

@@ -85,7 +85,7 @@ def sync_round(args, run=subprocess.run):
 
 
 def main(argv=None, run=subprocess.run, sleep=time.sleep):
-    parser = argparse.ArgumentParser(prog="hm_cert_helper sync", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="hm_cert_helper sync", description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--export-dir", required=True)
     parser.add_argument("--postfix-map", required=True)
     parser.add_argument("--postfix-db-type", default="hash")

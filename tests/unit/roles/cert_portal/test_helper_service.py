@@ -102,7 +102,7 @@ def test_resend_is_rate_limited_and_replaces_the_code(env):
 
 def test_resend_count_is_bounded(env):
     answer = ask(env, "login", user="alice", password=PASSWORDS["alice"])
-    for _ in range(env.cfg["resend_max"]):
+    for _round in range(env.cfg["resend_max"]):
         env.clock.now += 61
         assert ask(env, "resend", pending=answer["pending"])["ok"]
     env.clock.now += 61
@@ -111,8 +111,8 @@ def test_resend_count_is_bounded(env):
 
 
 def test_password_guessing_is_limited_per_user_and_per_address(env):
-    for _ in range(env.cfg["fail_max_user"]):
-        ask(env, "login", user="alice", password="guess", addr="198.51.100.%d" % _)
+    for number in range(env.cfg["fail_max_user"]):
+        ask(env, "login", user="alice", password="guess", addr="198.51.100.%d" % number)
     # From a fresh address the right password is refused too: the user is locked.
     out = ask(env, "login", user="alice", password=PASSWORDS["alice"], addr="203.0.113.5")
     assert out["status"] == 429 and env.mailer.codes == []
