@@ -48,6 +48,7 @@ def story(instance, ephemeral_dir, tmp_path_factory):
         passwords=group_vars["hm_portal_passwords"],
         bundle_lifetime=int(group_vars["cert_portal_bundle_lifetime"]),
         code_lifetime=int(group_vars["cert_portal_code_lifetime"]),
+        reminder_days=int(group_vars.get("cert_portal_reminder_days", 14)),
         shots=os.path.join(ephemeral_dir, "screenshots", instance.platform),
         tmp=tmp_path_factory.mktemp("portal-" + instance.platform),
         seen=set(sink_files(instance)),
@@ -258,6 +259,28 @@ def test_wrong_reused_and_expired_codes_and_bundle_lifetime(instance, story):
     alice.submit("#download button", wait_for="#error")
     assert "expired" in alice.text() or "only once" in alice.text()
     alice.shoot("13-bundle-expired")
+
+
+def test_expiry_reminder_is_mailed_once(instance, story):
+    """The daily reminder service (as the ca user, sandboxed) mails alice about her
+    valid certificates once: a second run sends nothing new."""
+    days = int(story.get("reminder_days", 14))
+    before = set(sink_files(instance))
+    run = instance.run("systemctl", "start", "hm-cert-portal-remind.service", check=False)
+    assert run.returncode == 0, run.stderr
+    time.sleep(3)
+    new = [instance.run("cat", "/var/tmp/hm-sink/" + name).stdout for name in set(sink_files(instance)) - before]
+    reminders = [m for m in new if "X-Sink-Rcpt-To: <alice@outside.example>" in m and "expires in" in m]
+    if days >= 120:
+        assert reminders, new
+        assert all("https://certportal-%s.example.test/" % instance.platform in m for m in reminders)
+        again = set(sink_files(instance))
+        instance.run("systemctl", "start", "hm-cert-portal-remind.service")
+        time.sleep(3)
+        later = [instance.run("cat", "/var/tmp/hm-sink/" + n).stdout for n in set(sink_files(instance)) - again]
+        assert not [m for m in later if "expires in" in m], later
+    else:
+        assert not reminders
 
 
 def test_report(instance, story, ephemeral_dir):
