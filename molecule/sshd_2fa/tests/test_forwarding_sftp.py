@@ -1,6 +1,7 @@
 """Forwarding is off unless opted in; SFTP goes through the same two factors."""
 
 import os
+import time
 import uuid
 
 import paramiko
@@ -17,12 +18,8 @@ def _streamlocal_forward(conn, path):
     return conn.global_request("streamlocal-forward@openssh.com", (path,), wait=True)
 
 
-def _unix_socket_channel(conn, path):
+def _unix_socket_channel_opens(conn, path):
     """Open a direct-streamlocal channel (`ssh -L port:/path/to/socket`) to a Unix socket on the host.
-
-    Returns "opened", or the SSH open-failure reason code: 1 means sshd's
-    policy refused it (administratively prohibited); 2 means sshd allowed
-    it and tried to connect.
 
     paramiko has no call for it, so the three fields of the channel-open
     message (socket path, reserved string, reserved number) are added to the
@@ -40,12 +37,27 @@ def _unix_socket_channel(conn, path):
     conn._send_user_message = send_with_socket_path  # pylint: disable=protected-access
     try:
         chan = conn.open_channel("direct-streamlocal@openssh.com", timeout=15)
-    except paramiko.ChannelException as exc:
-        return exc.code
+    except paramiko.ChannelException:
+        return False
     finally:
         conn._send_user_message = original  # pylint: disable=protected-access
     chan.close()
-    return "opened"
+    return True
+
+
+def _sshd_refused_socket(instance, path):
+    """sshd logged that its policy refused the Unix socket (not that the socket was unreachable).
+
+    sshd answers "connect failed" in both cases; its log tells them apart.
+    """
+    for _attempt in range(10):
+        log = instance.run("journalctl", "-u", "ssh.service", "--since", "-2min", "--no-pager", "-q",
+                           check=False).stdout
+        if any(path in line and ("refused streamlocal" in line or "request was denied" in line)
+               for line in log.splitlines()):
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def _tcp_channel_works(conn, port):
@@ -65,8 +77,9 @@ def _tcp_channel_works(conn, port):
 def test_no_forwarding_of_any_kind_by_default(instance, ephemeral_dir):
     conn = h.key_transport(instance.port(22), "keyuser", os.path.join(ephemeral_dir, "id_ed25519"))
     try:
-        # Refused by policy: sshd does not even try to connect (before, it did).
-        assert _unix_socket_channel(conn, JOURNAL_SOCKET) == PROHIBITED
+        # Refused by sshd's policy (journald's socket takes connections from anybody).
+        assert not _unix_socket_channel_opens(conn, JOURNAL_SOCKET)
+        assert _sshd_refused_socket(instance, JOURNAL_SOCKET)
         sock = "/tmp/hm-fwd-%s.sock" % uuid.uuid4().hex[:8]
         assert _streamlocal_forward(conn, sock) is None
         assert not instance.host.file(sock).exists
@@ -86,7 +99,10 @@ def test_tcp_opt_in_forwards_tcp_and_nothing_else(instance, ephemeral_dir):
     conn = h.key_transport(instance.port(22), "root", os.path.join(ephemeral_dir, "hm_admin_key"))
     try:
         assert _tcp_channel_works(conn, 22)
-        assert _unix_socket_channel(conn, JOURNAL_SOCKET) == PROHIBITED
+        # Opting in to TCP used to open Unix sockets too (AllowStreamLocalForwarding
+        # defaults to yes and shares TCP's permission); now it stays off.
+        assert not _unix_socket_channel_opens(conn, JOURNAL_SOCKET)
+        assert _sshd_refused_socket(instance, JOURNAL_SOCKET)
         sock = "/tmp/hm-fwd-%s.sock" % uuid.uuid4().hex[:8]
         assert _streamlocal_forward(conn, sock) is None
         with pytest.raises(paramiko.SSHException):
