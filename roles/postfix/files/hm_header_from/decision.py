@@ -12,8 +12,10 @@ An identity is what Postfix authenticated in this SMTP session:
 * ``sasl_login`` — the app-password login Dovecot confirmed (``{auth_authen}``).
 
 When both are present both must own every address, as the envelope checks
-require of MAIL FROM. Every address in the header must be in one of the
-host's mail domains. Anything that cannot be read with certainty (no From:,
+require of MAIL FROM. A certificate owns exactly its own address (the CA
+issued it in a served domain, or for another domain only when marked
+relay-only); an app-password login owns only addresses in the host's mail
+domains. Anything that cannot be read with certainty (no From:,
 two From: headers, an unparsable value, an encoded word or a foreign address
 in a display name) is refused: the sender's own mail program never produces
 these, a forger does.
@@ -107,10 +109,12 @@ def decide(from_values, cert_address, sasl_login, tables):
 
         owned = []
         for _name, address in addresses:
-            if _domain(address) not in domains:
-                return reject("<%s>: header From address is not in a domain of this host" % address)
+            # A listed certificate owns exactly its own address; the CA issued
+            # it for a served domain or, marked relay-only, for another one.
             if cert_counts and address.lower() != cert_address.lower():
                 return reject("<%s>: header From address not owned by this client certificate" % address)
+            if not cert_counts and _domain(address) not in domains:
+                return reject("<%s>: header From address is not in a domain of this host" % address)
             if sasl_login and not tables.sasl_owns(sasl_login, address):
                 return reject("<%s>: header From address not owned by user %s" % (address, sasl_login))
             owned.append(address.lower())

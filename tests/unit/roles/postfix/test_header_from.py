@@ -149,7 +149,10 @@ def test_own_header_from_is_accepted(maps, from_value, cert, login):
     (["bob@example.test, ceo@example.test"], None, "bob", "<ceo@example.test>"),
     (["bob@example.test"], None, "bob", None),  # control: accepted
     (["bob@example.net"], None, "bob", "not in a domain of this host"),
-    (["carol@partner.example"], "carol@partner.example", None, "not in a domain of this host"),
+    # A relay-only certificate (another domain) sends as itself, and only as itself.
+    (["carol@partner.example"], "carol@partner.example", None, None),
+    (["ceo@partner.example"], "carol@partner.example", None, "not owned by this client certificate"),
+    (["carol@partner.example"], None, "bob", "not in a domain of this host"),
     (["bob@example.test", "bob@example.test"], None, "bob", "2 From"),
     ([], None, "bob", "no From"),
     (["undisclosed-recipients:;"], None, "bob", "group"),
