@@ -217,37 +217,51 @@ def run_role(instance, playbook, extra_vars, env=None):
         env=dict(os.environ, **(env or {})))
 
 
-@pytest.mark.parametrize("extra,message", [
-    ({"sudo_pin_become_user": "dave"}, "Ansible becomes root through sudo as dave"),
-    ({"sudo_pin_extra_bad_pin": True}, "trivial"),
+# Bad input the role must refuse, one case each: (case id, extra vars, words of the message).
+REFUSAL_CASES = [
+    ("become-user-without-pin", {"sudo_pin_become_user": "dave"}, "Ansible becomes root through sudo as dave"),
+    ("bad-pin", {"sudo_pin_users": [{"name": "carol", "pin": "123456"}]}, "trivial"),
     # Removing every PIN would leave nobody able to sudo with a password.
-    ({"sudo_pin_extra_all_absent": True}, "at least one user in sudo_pin_users must get a PIN"),
+    ("no-pin-left", {"sudo_pin_users": [{"name": "alice", "state": "absent"}, {"name": "bob", "state": "absent"}]},
+     "at least one user in sudo_pin_users must get a PIN"),
     # pam_userdb's db= takes the name without .db: with it, PAM would open sudo_pin.db.db.
-    ({"sudo_pin_db": "/etc/security/sudo_pin.db"}, "without the .db suffix"),
+    ("db-with-suffix", {"sudo_pin_db": "/etc/security/sudo_pin.db"}, "without the .db suffix"),
     # A generated PIN the operator cannot receive must not be stored: lena keeps no PIN.
-    ({"sudo_pin_extra_generate_unwritable": True}, "cannot create the folder"),
-], ids=["become-user-without-pin", "bad-pin", "no-pin-left", "db-with-suffix", "pin-file-unwritable"])
-def test_role_refuses_and_changes_nothing(instance, ephemeral_dir, extra, message):
-    extra = dict(extra)  # the parameter is shared by both platforms' runs
-    users = [{"name": "alice", "pin": PINS["alice"]}, {"name": "bob", "pin": "271828"}]
-    if extra.pop("sudo_pin_extra_bad_pin", False):
-        users.append({"name": "carol", "pin": "123456"})
-    if extra.pop("sudo_pin_extra_all_absent", False):
-        users = [{"name": "alice", "state": "absent"}, {"name": "bob", "state": "absent"}]
-    if extra.pop("sudo_pin_extra_generate_unwritable", False):
-        users = [{"name": "alice", "pin": PINS["alice"]}, {"name": "lena", "generate": True}]
-        # A plain file where the folder for the PIN files would go.
-        blocker = os.path.join(ephemeral_dir, "not-a-folder-%s" % instance.name)
-        with open(blocker, "w", encoding="utf-8") as handle:
-            handle.write("in the way\n")
-        extra["sudo_pin_generated_dest"] = os.path.join(blocker, "pins")
-    extra_vars = dict(extra, sudo_pin_users=users, sudo_pin_prompt="Changed prompt: ")
+    ("pin-file-unwritable", {"sudo_pin_users": [{"name": "lena", "generate": True}]}, "cannot create the folder"),
+]
+
+
+def test_role_refuses_bad_input_and_changes_nothing(instance, ephemeral_dir):
+    base_users = [{"name": "alice", "pin": PINS["alice"]}, {"name": "bob", "pin": "271828"}]
+    # A plain file where the folder for the PIN files would go.
+    blocker = os.path.join(ephemeral_dir, "not-a-folder-%s" % instance.name)
+    with open(blocker, "w", encoding="utf-8") as handle:
+        handle.write("in the way\n")
+    report = os.path.join(ephemeral_dir, "refusals-%s.json" % instance.name)
+    if os.path.exists(report):
+        os.unlink(report)
+    cases = []
+    for case_id, extra, _message in REFUSAL_CASES:
+        case_vars = dict(extra)
+        if case_id in ("bad-pin", "pin-file-unwritable"):
+            case_vars["sudo_pin_users"] = base_users + extra["sudo_pin_users"]
+        case_vars.setdefault("sudo_pin_users", base_users)
+        if case_id == "pin-file-unwritable":
+            case_vars["sudo_pin_generated_dest"] = os.path.join(blocker, "pins")
+        cases.append({"id": case_id, "vars": case_vars})
     with role_run_lock(instance, ephemeral_dir):
         before = checksums(instance)
-        proc = run_role(instance, "refuse.yml", extra_vars)
+        proc = run_role(instance, "refusals.yml", {"hm_refusal_cases": cases, "hm_refusals_file": report})
         after = checksums(instance)
-    assert proc.returncode != 0
-    assert message in proc.stdout.replace("\n", " ") or message in proc.stderr
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    with open(report, encoding="utf-8") as handle:
+        refusals = json.load(handle)
+    problems = []
+    for case_id, _extra, message in REFUSAL_CASES:
+        text = " ".join(refusals.get(case_id, "MISSING").split())
+        if message not in text:
+            problems.append("%s: %s" % (case_id, text[:300]))
+    assert problems == []
     assert PINS["alice"] not in proc.stdout + proc.stderr
     assert after == before
     assert "lena" not in db_entries(instance)
@@ -305,7 +319,7 @@ def test_every_sudo_mode_wants_the_pin_and_counts_failures(instance):
     # shell mode refuses even the right PIN.
     run_mode(instance, user, "sudo", [WRONG] * 3)
     for mode in ("sudo -i", "sudoedit"):
-        rooted, _proc = run_mode(instance, user, mode, [PINS[user]] * 3)
+        rooted, _proc = run_mode(instance, user, mode, [PINS[user]])
         if rooted:
             problems.append("%s: the PIN worked while the user was locked" % mode)
     reset(instance, user)
@@ -386,6 +400,12 @@ def test_role_refuses_while_polkit_is_installed(instance, ephemeral_dir):
                        " pkexec >/tmp/hm-polkit.log 2>&1 || { tail -20 /tmp/hm-polkit.log; exit 1; }")
         try:
             assert install.returncode == 0, install.stdout + install.stderr
+            # Why polkit is a way around the PIN: it authenticates with
+            # common-auth (the login password) and counts group sudo as admins.
+            # (The package ships its PAM file in /usr/lib/pam.d; /etc/pam.d would override it.)
+            polkit_pam = root(instance, "sh", "-c",
+                              "cat /etc/pam.d/polkit-1 2>/dev/null || cat /usr/lib/pam.d/polkit-1").stdout
+            polkit_rules = root(instance, "sh", "-c", "cat /usr/share/polkit-1/rules.d/*.rules").stdout
             proc = run_role(instance, "refuse.yml", {
                 "sudo_pin_users": [{"name": "alice", "pin": PINS["alice"]}],
                 "sudo_pin_prompt": "Changed prompt: "})
@@ -397,9 +417,11 @@ def test_role_refuses_while_polkit_is_installed(instance, ephemeral_dir):
     assert removed.returncode == 0, removed.stdout
     assert not package_installed(instance, "polkitd") and not package_installed(instance, "pkexec")
     assert proc.returncode != 0
-    text = proc.stdout.replace("\n", " ")
-    assert "polkit" in text and "pkexec" in text and "polkitd" in text, proc.stdout[-2000:]
+    text = " ".join((proc.stdout + proc.stderr).split())
+    assert "polkit is installed" in text and "pkexec" in text and "apt purge" in text, text[-2000:]
     assert after == before
+    assert "@include common-auth" in polkit_pam
+    assert "unix-group:sudo" in polkit_rules
 
 
 # --- no secret in any callback's record (issue 12, item 3) ---
