@@ -22,7 +22,11 @@ def _recap_unchanged(proc):
 
 
 def test_match_blocks_that_weaken_a_user_or_network_are_refused(instance):
-    """Match User in a drop-in and Match Address in sshd_config: named, refused, nothing changed."""
+    """Match User in a drop-in and Match Address in sshd_config: named, refused, nothing changed.
+
+    The live sshd is never reloaded with them, but `sshd -T` reads them: ivan
+    and the trusted address are probed by no other test.
+    """
     trusted = instance.address
     weak_user = "/etc/ssh/sshd_config.d/50-weak-user.conf"
     main = "/etc/ssh/sshd_config"
@@ -30,7 +34,7 @@ def test_match_blocks_that_weaken_a_user_or_network_are_refused(instance):
         original_main = instance.run("cat", main).stdout
         before = _sums(instance)
         try:
-            instance.run("sh", "-c", "printf 'Match User alice\\n    AuthenticationMethods password\\n"
+            instance.run("sh", "-c", "printf 'Match User ivan\\n    AuthenticationMethods password\\n"
                          "    PasswordAuthentication yes\\n' > %s" % weak_user)
             instance.run("sh", "-c", "printf '\\nMatch Address %s\\n    DisableForwarding no\\n"
                          "    AllowStreamLocalForwarding yes\\n' >> %s" % (trusted, main))
@@ -39,9 +43,9 @@ def test_match_blocks_that_weaken_a_user_or_network_are_refused(instance):
             assert proc.returncode != 0, proc.stdout[-3000:]
             flat = proc.flat
             # Who is affected, what, and where it is set.
-            assert "passwordauthentication yes" in flat and "alice from 192.0.2.1" in flat, flat[-3000:]
+            assert "passwordauthentication yes" in flat and "ivan from 192.0.2.1" in flat, flat[-3000:]
             assert "authenticationmethods password" in flat
-            assert weak_user + ":3 (Match User alice)" in flat, flat[-3000:]
+            assert weak_user + ":3 (Match User ivan)" in flat, flat[-3000:]
             assert "allowstreamlocalforwarding yes" in flat and "from " + trusted in flat
             assert main + ":" in flat and "(Match Address %s)" % trusted in flat
             assert "Nothing was changed" in flat

@@ -51,8 +51,9 @@ def _sshd_refused_socket(instance, path):
     sshd answers "connect failed" in both cases; its log tells them apart.
     """
     for _attempt in range(10):
-        log = instance.run("journalctl", "-u", "ssh.service", "--since", "-2min", "--no-pager", "-q",
-                           check=False).stdout
+        # Not "-u ssh.service": after login pam_systemd moves the session's
+        # process (which logs this) into a session scope.
+        log = instance.run("journalctl", "--since", "-3min", "--no-pager", "-q", check=False).stdout
         if any(path in line and ("refused streamlocal" in line or "request was denied" in line)
                for line in log.splitlines()):
             return True
