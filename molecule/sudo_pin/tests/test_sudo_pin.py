@@ -226,6 +226,9 @@ REFUSAL_CASES = [
      "at least one user in sudo_pin_users must get a PIN"),
     # pam_userdb's db= takes the name without .db: with it, PAM would open sudo_pin.db.db.
     ("db-with-suffix", {"sudo_pin_db": "/etc/security/sudo_pin.db"}, "without the .db suffix"),
+    # Two entries for one user: which PIN would count?
+    ("user-twice", {"sudo_pin_users": [{"name": "alice", "pin": PINS["alice"]}, {"name": "alice", "pin": "271828"}]},
+     "each user at most once in sudo_pin_users"),
     # A generated PIN the operator cannot receive must not be stored: lena keeps no PIN.
     ("pin-file-unwritable", {"sudo_pin_users": [{"name": "lena", "generate": True}]}, "cannot create the folder"),
 ]
