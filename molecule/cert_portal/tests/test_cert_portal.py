@@ -283,6 +283,23 @@ def test_expiry_reminder_is_mailed_once(instance, story):
         assert not reminders
 
 
+def test_daily_crl_refresh_reaches_dovecot(instance, story):
+    """The ca role's daily timer re-signs the CRL (as the ca user); the portal's
+    path unit installs the new CA + CRL file for Dovecot by itself, so the CRL
+    never lapses while nobody runs Ansible (issue 13, item 4)."""
+    live = "/etc/dovecot/client-ca-crl.pem"
+    before = instance.run("cat", live).stdout
+    started = time.monotonic()
+    run = instance.run("systemctl", "start", "hardened-ca-crl.service", check=False)
+    assert run.returncode == 0, run.stderr
+    export = instance.run("cat", "/var/lib/hardened-ca/ca/export/dovecot_ca_crl.pem").stdout
+    assert export != before and "BEGIN X509 CRL" in export
+    while instance.run("cat", live).stdout != export:
+        assert time.monotonic() - started < 10, "Dovecot's CA + CRL file was not refreshed"
+        time.sleep(0.2)
+    story["timings"]["crl_timer_to_dovecot_s"] = round(time.monotonic() - started, 2)
+
+
 def test_report(instance, story, ephemeral_dir):
     """Timings and page weights for the note: printed (pytest -s) and kept in
     <ephemeral>/portal-report-<platform>.json and /tmp/portal-shots/."""
