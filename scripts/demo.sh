@@ -112,7 +112,7 @@ Log in as a person would, with the TOTP code and then the password:
 Recovery codes: $secrets_dir/totp/demo-recovery.txt
 A password alone is refused:  ssh -p $ssh_port -o PreferredAuthentications=password demo@127.0.0.1
 The administrator logs in with a key: ssh -p $ssh_port -i $demo_dir/admin_key root@127.0.0.1
-sudo asks demo for a PIN, not the password: $secrets_dir/sudo_pin/demo.pin
+sudo asks demo for a PIN, not the password: $secrets_dir/sudo_pin/demo@$name.pin
 
 Mail for demo@example.test with the device certificate (no password anywhere):
     PKCS#12 bundle (import it in a mail app): $bundle

@@ -155,7 +155,7 @@ def test_user_without_pin_cannot_sudo(instance):
 
 
 def test_generated_pin_is_kept_on_the_controller_and_works(instance, ephemeral_dir):
-    path = os.path.join(ephemeral_dir, "pins", instance.name, "gina.pin")
+    path = os.path.join(ephemeral_dir, "pins", instance.name, "gina@%s.pin" % instance.name)
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
     assert oct(os.stat(os.path.dirname(path)).st_mode & 0o777) == oct(0o700)
     with open(path, encoding="utf-8") as handle:
@@ -445,7 +445,7 @@ def test_generated_pin_reaches_no_callback_and_works(instance, ephemeral_dir):
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     # The JSONL callback really recorded the run, task results included.
     assert any(r.get("_event") == "v2_runner_on_ok" for r in records)
-    path = os.path.join(dest, "kim.pin")
+    path = os.path.join(dest, "kim@%s.pin" % instance.name)
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
     assert oct(os.stat(dest).st_mode & 0o777) == oct(0o700)
     with open(path, encoding="utf-8") as handle:
