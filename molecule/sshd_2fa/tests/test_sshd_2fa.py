@@ -203,7 +203,7 @@ def test_second_converge_after_real_logins_changes_nothing(instance):
     """The PAM module rewrites ~/.google_authenticator at each login; that is not drift."""
     if instance.platform != "debian12":
         pytest.skip("one run covers both platforms")
-    proc = _converge(instance)
+    proc = _converge(instance, "--limit", instance.name)
     assert proc.returncode == 0, proc.stdout[-3000:]
     recap = proc.stdout[proc.stdout.rindex("PLAY RECAP"):]
     changed = [int(n) for n in re.findall(r"changed=(\d+)", recap)]
