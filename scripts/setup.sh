@@ -14,7 +14,7 @@ log() { printf '==> %s\n' "$*"; }
 
 apt_packages=(podman runc debootstrap zstd python3-venv uidmap slirp4netns
     fuse-overlayfs db-util openssl git make
-    libpam-google-authenticator pamtester)
+    libpam-google-authenticator pamtester zbar-tools chromium chromium-driver)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
