@@ -105,11 +105,11 @@ cat <<MSG
 ==> The demo host is up: $name (Debian ${platform#debian}), SSH on 127.0.0.1:$ssh_port
 
 Log in as a person would, with the TOTP code and then the password:
-    scan $secrets_dir/totp/demo.png (or the code printed above) with an authenticator app
+    scan $secrets_dir/totp/demo@$name.png (or the code printed above) with an authenticator app
     ssh -p $ssh_port -o PreferredAuthentications=keyboard-interactive demo@127.0.0.1
     Verification code: <6 digits from the app>
     Password: $(cat "$demo_dir/demo_password")
-Recovery codes: $secrets_dir/totp/demo-recovery.txt
+Recovery codes: $secrets_dir/totp/demo@$name-recovery.txt
 A password alone is refused:  ssh -p $ssh_port -o PreferredAuthentications=password demo@127.0.0.1
 The administrator logs in with a key: ssh -p $ssh_port -i $demo_dir/admin_key root@127.0.0.1
 sudo asks demo for a PIN, not the password: $secrets_dir/sudo_pin/demo@$name.pin

@@ -179,7 +179,9 @@ def _dir_needs_fix(dest):
     try:
         info = os.lstat(dest)
     except OSError as exc:
-        if exc.errno != errno.ENOENT:
+        # ENOTDIR: a file stands where a parent folder should be; making the
+        # folder then fails with a message that names it.
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
             raise
         return True
     if not stat.S_ISDIR(info.st_mode):

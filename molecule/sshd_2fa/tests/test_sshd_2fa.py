@@ -266,9 +266,10 @@ def test_enroll_playbook_keeps_every_secret_out_of_the_job_log(instance, ephemer
     assert "judy" in output  # the job log says whom it enrolled, nothing more
     assert os.stat(dest).st_mode & 0o777 == 0o700
     files = sorted(f for f in os.listdir(dest) if not f.startswith("."))
-    assert files == ["judy-recovery.txt", "judy.png", "judy.svg"]
+    base = "judy@" + instance.name
+    assert files == [base + "-recovery.txt", base + ".png", base + ".svg"]
     assert all(os.stat(os.path.join(dest, f)).st_mode & 0o777 == 0o600 for f in os.listdir(dest))
-    with open(os.path.join(dest, "judy-recovery.txt"), encoding="utf-8") as sheet:
+    with open(os.path.join(dest, base + "-recovery.txt"), encoding="utf-8") as sheet:
         text = sheet.read()
     assert all("%s %s" % (code[:4], code[4:]) in text for code in codes)
     # Seed fidelity: no user name and no host next to the codes.
@@ -285,3 +286,30 @@ def test_enroll_playbook_keeps_every_secret_out_of_the_job_log(instance, ephemer
     new_seed, new_codes = secrets_on_host()
     assert new_seed != seed
     assert_nothing_secret_in(rotated_output, new_seed, new_codes)
+
+
+def test_a_secret_nobody_could_save_is_taken_back(instance, ephemeral_dir):
+    """Issue 17: a new secret shown to nobody never stays in force.
+
+    The QR folder cannot be made (a plain file stands where it would go), so
+    the enrolment fails for the host, says why, and the user's first secret
+    is removed again: the host is as it was before the run.
+    """
+    user = "quinn"
+    instance.run("sh", "-c", "id %s >/dev/null 2>&1 || useradd -m -s /bin/bash %s" % (user, user))
+    instance.run("rm", "-f", "/home/%s/.google_authenticator" % user)
+    blocker = os.path.join(ephemeral_dir, "not-a-folder-%s" % instance.platform)
+    with open(blocker, "w", encoding="utf-8") as handle:
+        handle.write("in the way\n")
+    playbook = os.path.join(HERE, "..", "..", "..", "playbooks", "enroll_totp.yml")
+    with h.host_lock(instance):
+        proc = h.playbook(playbook, "-e", "target=" + instance.name,
+                          "-e", "sshd_2fa_enroll_dest=" + os.path.join(blocker, "totp"),
+                          "-e", '{"sshd_2fa_users": ["%s"], "totp_show_qr": false}' % user)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "could not be saved on the controller" in proc.flat, proc.flat[-2000:]
+    assert "cannot create the folder" in proc.flat, proc.flat[-2000:]
+    assert "First secrets taken back" in proc.flat and user in proc.flat
+    assert not instance.file("/home/%s/.google_authenticator" % user).exists
+    with open(blocker, encoding="utf-8") as handle:
+        assert handle.read() == "in the way\n"
