@@ -69,20 +69,37 @@ class Browser:
         field.clear()
         field.send_keys(value)
 
+    @staticmethod
+    def _gone(element):
+        """True once ``element``'s page was replaced (Chromium 156 reports that as
+        "Node with given id does not belong to the document", not as a stale element)."""
+        try:
+            element.is_enabled()
+            return False
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+
     def submit(self, css, wait_for=None, timeout=60):
         """Click ``css`` and wait until the next page is there (``wait_for`` selector or a new page)."""
         wait = WebDriverWait(self.driver, timeout)
         for attempt in range(3):
-            # A page that is still settling can swap its nodes under the click (seen under load).
+            old = self.find("html")
             try:
-                old = self.find("html")
                 wait.until(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, css))).click()
                 break
-            except (StaleElementReferenceException, WebDriverException):
-                if attempt == 2:
+            except WebDriverException:
+                # A page still settling can swap its nodes under the click (seen under load);
+                # retry only when the click did not already take us to the next page.
+                if self._gone(old) or attempt == 2:
+                    if self._gone(old):
+                        break
                     raise
                 time.sleep(0.5)
-        wait.until(expected_conditions.staleness_of(old))
+        wait.until(lambda _driver: self._gone(old))
         if wait_for:
             wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, wait_for)))
 
