@@ -310,6 +310,6 @@ def test_a_secret_nobody_could_save_is_taken_back(instance, ephemeral_dir):
     assert "could not be saved on the controller" in proc.flat, proc.flat[-2000:]
     assert "cannot create the folder" in proc.flat, proc.flat[-2000:]
     assert "First secrets taken back" in proc.flat and user in proc.flat
-    assert not instance.file("/home/%s/.google_authenticator" % user).exists
+    assert not instance.host.file("/home/%s/.google_authenticator" % user).exists
     with open(blocker, encoding="utf-8") as handle:
         assert handle.read() == "in the way\n"
