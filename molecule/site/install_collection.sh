@@ -13,7 +13,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 
 # The apt caches the scenario's containers mount (the shared config's step).
-for p in debian12 debian13; do
+for p in debian12 debian13 debian13b; do
     mkdir -p "$HM_CACHE_DIR/apt/site/$p/archives/partial" "$HM_CACHE_DIR/apt/site/$p/lists/partial"
 done
 
