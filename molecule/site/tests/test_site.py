@@ -192,7 +192,10 @@ def test_revoked_device_a_is_refused_device_b_still_works(instance, devices, ser
 def test_next_run_starts_a_service_stopped_and_disabled_since(instance, devices, server_pem):
     """The roles skip systemd when the run's service list says a service is up.
     The list is read afresh each run, so a service stopped and disabled since
-    the last run is found, enabled and started again."""
+    the last run is found, enabled and started again. One host per release:
+    the third (a second Debian 13) is there for the many-host proofs."""
+    if instance.platform not in ("debian12", "debian13"):
+        pytest.skip("one host per release; %s is the many-host scenario's second Debian 13" % instance.name)
     instance.run("systemctl", "disable", "--now", "dovecot")
     assert instance.run("systemctl", "is-active", "dovecot", check=False).stdout.strip() != "active"
     run_playbook("site", "--limit", instance.name, "--tags", "mail")
