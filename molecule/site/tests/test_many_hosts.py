@@ -37,7 +37,6 @@ SCENARIO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with open(os.path.join(SCENARIO, "molecule.yml"), encoding="utf-8") as _fh:
     _CFG = yaml.safe_load(_fh)["provisioner"]["inventory"]["group_vars"]
 PASSWORDS = _CFG["all"]["hm_site_passwords"]
-CA_PASSPHRASE = _CFG["all"]["hardened_ca_passphrase"]
 
 INSTANCES = load_instances()
 
