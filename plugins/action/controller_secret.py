@@ -21,15 +21,7 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.hardened.mailhost.plugins.module_utils import _controller_files
 
-ARGUMENT_SPEC = dict(
-    path=dict(type="path", required=True),
-    content=dict(type="str", no_log=True),
-    content_b64=dict(type="str", no_log=True),
-    owner=dict(type="str", required=True),
-    mode=dict(type="raw", default="0600"),
-    state=dict(type="str", default="present", choices=["present", "absent"]),
-    tty_message=dict(type="str", no_log=True),
-)
+ARGUMENT_SPEC = _controller_files.SECRET_ARGUMENT_SPEC
 
 
 class ActionModule(ActionBase):

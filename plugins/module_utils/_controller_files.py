@@ -31,6 +31,18 @@ import stat
 from ansible_collections.hardened.mailhost.plugins.module_utils import _fileutil
 
 OWNERS_FILE = ".owners"
+
+# The options of the controller_secret action plugin (and of its documentation
+# module): one spec, so the two never drift apart.
+SECRET_ARGUMENT_SPEC = dict(
+    path=dict(type="path", required=True),
+    content=dict(type="str", no_log=True),
+    content_b64=dict(type="str", no_log=True),
+    owner=dict(type="str", required=True),
+    mode=dict(type="raw", default="0600"),
+    state=dict(type="str", default="present", choices=["present", "absent"]),
+    tty_message=dict(type="str", no_log=True),
+)
 DIR_MODE = 0o700
 FILE_MODES = (0o600, 0o400)
 

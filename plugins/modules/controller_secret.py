@@ -121,20 +121,11 @@ shown_on_tty:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.hardened.mailhost.plugins.module_utils._controller_files import SECRET_ARGUMENT_SPEC
+
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path", required=True),
-            content=dict(type="str", no_log=True),
-            content_b64=dict(type="str", no_log=True),
-            owner=dict(type="str", required=True),
-            mode=dict(type="raw", default="0600"),
-            state=dict(type="str", default="present", choices=["present", "absent"]),
-            tty_message=dict(type="str", no_log=True),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=SECRET_ARGUMENT_SPEC, supports_check_mode=True)
     module.fail_json(msg="controller_secret runs as an action plugin on the controller; "
                          "this module body is never meant to run on a host")
 
