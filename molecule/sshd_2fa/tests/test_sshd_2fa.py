@@ -10,9 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
-import pyotp
 import pytest
 
 from hmtest import ssh
@@ -21,24 +19,10 @@ import sshd2fa_helpers as h
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-
-def password(user):
-    return "pw-%s-Secret1" % user
-
-
-def totp(instance, user):
-    first_line = instance.run("head", "-n1", "/home/%s/.google_authenticator" % user).stdout.strip()
-    return pyotp.TOTP(first_line)
-
-
-def unused_code(generator):
-    """A six-digit code that is wrong in every step the server could accept."""
-    now = time.time()
-    valid = {generator.at(now + 30 * step) for step in range(-5, 6)}
-    candidate = int(generator.now())
-    while "%06d" % candidate in valid:
-        candidate = (candidate + 7919) % 1000000
-    return "%06d" % candidate
+# The scenario's shared helpers (also used by the lockout and forwarding tests).
+password = h.password
+totp = h.totp
+unused_code = h.unused_code
 
 
 @pytest.fixture(scope="module")
