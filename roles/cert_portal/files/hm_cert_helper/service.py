@@ -115,11 +115,9 @@ class Helper:
             return {"ok": False, "error": GENERIC_LOGIN_ERROR, "status": 401}
         pending, code = self.codes.start(user)
         notify = self.cfg["users"][user]["notify"]
-        try:
-            self.mailer.send_code(notify, code, user, addr, self.cfg["code_lifetime"] // 60 or 1)
-        except MailError as exc:
-            LOG.error("code mail failed user=%s addr=%s to=%s: %s", user, addr, notify, exc)
-            return {"ok": False, "error": "The code could not be mailed. Try again later.", "status": 503}
+        failure = self._mail_code(user, code, addr)
+        if failure:
+            return failure
         LOG.info("password accepted, code mailed user=%s addr=%s to=%s", user, addr, notify)
         return {"ok": True, "pending": pending, "sent_to": _mask(notify)}
 
@@ -130,13 +128,21 @@ class Helper:
             LOG.warning("code resend refused addr=%s: %s", addr, exc)
             return {"ok": False, "error": str(exc), "login": exc.again, "status": 429}
         notify = self.cfg["users"][user]["notify"]
+        failure = self._mail_code(user, code, addr)
+        if failure:
+            return failure
+        LOG.info("code mailed again user=%s addr=%s to=%s", user, addr, notify)
+        return {"ok": True, "sent_to": _mask(notify)}
+
+    def _mail_code(self, user, code, addr):
+        """Mail ``code`` to the user's outside address; a refusal dict when that fails, else None."""
+        notify = self.cfg["users"][user]["notify"]
         try:
             self.mailer.send_code(notify, code, user, addr, self.cfg["code_lifetime"] // 60 or 1)
         except MailError as exc:
             LOG.error("code mail failed user=%s addr=%s to=%s: %s", user, addr, notify, exc)
             return {"ok": False, "error": "The code could not be mailed. Try again later.", "status": 503}
-        LOG.info("code mailed again user=%s addr=%s to=%s", user, addr, notify)
-        return {"ok": True, "sent_to": _mask(notify)}
+        return None
 
     # -------------------------------------------------------- second factor
     def op_verify(self, request, addr):
