@@ -55,16 +55,17 @@ def key_login(port, user, key_path, command="id -un", host="127.0.0.1"):
         transport.close()
 
 
-def interactive_login(port, user, answers, command="id -un", host="127.0.0.1"):
-    """Keyboard-interactive login answering each prompt from ``answers``.
+def prompt_handler(answers, prompts, notes=None):
+    """A paramiko keyboard-interactive handler answering from ``answers``.
 
     ``answers`` maps a lower-case prompt fragment (``"verification code"``,
-    ``"password"``) to the reply; a prompt nobody expected gets an empty reply
-    and is recorded, so a test sees exactly what the server asked.
+    ``"password"``) to the reply; a prompt nobody expected gets an empty reply.
+    Every prompt is appended to ``prompts`` and every non-empty instruction
+    text to ``notes`` (when given), so a test sees exactly what the server asked.
     """
-    prompts = []
-
-    def handler(_title, _instructions, prompt_list):
+    def handler(_title, instructions, prompt_list):
+        if instructions and notes is not None:
+            notes.append(instructions)
         replies = []
         for text, _echo in prompt_list:
             prompts.append(text)
@@ -76,6 +77,13 @@ def interactive_login(port, user, answers, command="id -un", host="127.0.0.1"):
             replies.append(reply)
         return replies
 
+    return handler
+
+
+def interactive_login(port, user, answers, command="id -un", host="127.0.0.1"):
+    """Keyboard-interactive login answering each prompt from ``answers`` (see prompt_handler)."""
+    prompts = []
+    handler = prompt_handler(answers, prompts)
     transport = _transport(port, host)
     try:
         try:

@@ -86,21 +86,7 @@ def interactive(port, user, answers):
     transport on success, for SFTP or forwarding requests.
     """
     prompts, notes = [], []
-
-    def handler(_title, instructions, prompt_list):
-        if instructions:
-            notes.append(instructions)
-        replies = []
-        for text, _echo in prompt_list:
-            prompts.append(text)
-            reply = ""
-            for fragment, value in answers.items():
-                if fragment in text.lower():
-                    reply = value
-                    break
-            replies.append(reply)
-        return replies
-
+    handler = ssh.prompt_handler(answers, prompts, notes)
     conn = transport(port)
     try:
         conn.auth_interactive(user, handler)
