@@ -277,3 +277,86 @@ class AppPasswordFile:
                 return False
             self._write(kept)
             return True
+
+    def apply(self, requests, check_mode=False):
+        """Many devices in one run: one lock, one read, one write.
+
+        ``requests`` is a list of dicts with ``user``, ``device`` and
+        optionally ``state`` (default present) and ``regenerate``. Every
+        request is checked before the file is touched; any problem fails the
+        whole list naming each login concerned, and nothing is changed.
+
+        Returns ``(devices, passwords, entries)``: per request ``user``,
+        ``device``, ``login``, ``state``, ``changed`` (no hash, no password);
+        {login: new password} for the passwords made now (none in check mode);
+        and the file's entries after the run (in check mode, as they would be).
+        A run may also change the file's mode or owner alone: compare
+        ``needs_fixing()`` before and after.
+        """
+        if not isinstance(requests, (list, tuple)):
+            raise AppPasswordError("devices must be a list")
+        problems, checked, seen = [], [], set()
+        for number, request in enumerate(requests, 1):
+            try:
+                checked.append(self._check_request(request))
+            except AppPasswordError as exc:
+                problems.append("entry %d: %s" % (number, exc))
+                continue
+            login = checked[-1]["login"]
+            if login in seen:
+                problems.append("%s is listed twice" % login)
+            seen.add(login)
+        if problems:
+            raise AppPasswordError("nothing was changed for any device: " + "; ".join(problems))
+        if any(r["state"] == "present" for r in checked):
+            self._check_folder()
+            self._gid()
+        if check_mode or not checked:
+            return self._plan(self.read(), checked, make=False)
+        with _fileutil.locked(self.lock_path):
+            entries = self.read()
+            devices, passwords, wanted = self._plan(entries, checked, make=True)
+            if any(d["changed"] for d in devices) or (entries and self._needs_fixing()):
+                self._write(wanted)
+            return devices, passwords, wanted
+
+    def needs_fixing(self):
+        return self._needs_fixing()
+
+    @staticmethod
+    def _check_request(request):
+        if not isinstance(request, dict):
+            raise AppPasswordError("each entry must be a dict with user and device")
+        unknown = set(request) - {"user", "device", "state", "regenerate"}
+        if unknown:
+            raise AppPasswordError("unknown keys %s" % ", ".join(sorted(unknown)))
+        state = request.get("state") or "present"
+        if state not in ("present", "absent"):
+            raise AppPasswordError("state must be present or absent, got %r" % (state,))
+        user = validate_user(request.get("user"), must_exist=state == "present")
+        device = validate_device(request.get("device"))
+        return {"user": user, "device": device, "login": login_name(user, device), "state": state,
+                "regenerate": bool(request.get("regenerate"))}
+
+    def _plan(self, entries, checked, make):
+        current = {e.login: e for e in entries}
+        devices, passwords = [], {}
+        for request in checked:
+            login = request["login"]
+            if request["state"] == "absent":
+                changed = current.pop(login, None) is not None
+            else:
+                changed = login not in current or request["regenerate"]
+                if changed and make:
+                    password = generate_password()
+                    hashed = hash_password(password)
+                    if not verify_password(password, hashed):
+                        raise AppPasswordError(
+                            "libcrypt produced a hash that does not verify; nothing was changed")
+                    current[login] = Entry(request["user"], request["device"], hashed)
+                    passwords[login] = password
+                elif changed:
+                    current[login] = Entry(request["user"], request["device"], "")
+            devices.append({"user": request["user"], "device": request["device"], "login": login,
+                            "state": request["state"], "changed": changed})
+        return devices, passwords, list(current.values())

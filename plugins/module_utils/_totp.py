@@ -462,6 +462,13 @@ def ensure(user_name, state="present", path=None, settings=None, rotate=False,
 
 
 def _absent(path, text, info, check_mode):
+    result = _plan_absent(path, text, info)
+    if result["changed"] and not check_mode:
+        _remove(path)
+    return result
+
+
+def _plan_absent(path, text, info):
     result = {"changed": False, "path": path, "created": False, "rotated": False,
               "diff": {"before": "", "after": ""}}
     if info is None:
@@ -471,16 +478,46 @@ def _absent(path, text, info, check_mode):
     except MalformedFile:
         before = "<unparsable file>\n"
     result.update(changed=True, diff={"before": before, "after": ""})
-    if not check_mode:
-        try:
-            os.unlink(path)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise TotpError("cannot remove %s: %s" % (path, exc.strerror)) from None
     return result
 
 
+def _remove(path):
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise TotpError("cannot remove %s: %s" % (path, exc.strerror)) from None
+
+
 def _present(path, text, info, user, settings, rotate, issuer, label, check_mode):
+    result, wanted = _plan_present(path, text, info, user, settings, rotate)
+    if wanted is None or check_mode:
+        return result
+    # The PAM module rewrites this file at each login; never undo its update
+    # (a consumed scratch code or used time step must stay consumed).
+    if not _same_file(info, path):
+        return None
+    _write(path, info, user, wanted)
+    if result["created"]:
+        result.update(_new_secret(wanted, issuer, label))
+    return result
+
+
+def _new_secret(wanted, issuer, label):
+    return {"secret": wanted.secret, "uri": build_uri(wanted.secret, issuer, label),
+            "scratch_codes": list(wanted.scratch_codes)}
+
+
+def _write(path, info, user, wanted):
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        _remove_non_file(path, info)
+    _fileutil.atomic_write(path, render(wanted), mode=FILE_MODE, uid=user.uid, gid=user.gid)
+
+
+def _plan_present(path, text, info, user, settings, rotate):
+    """``(result, wanted)``: the result of bringing the file to ``settings`` and
+    the TotpFile to write (None when nothing is to be written). Raises
+    MalformedFile for a file that must not be touched."""
     result = {"changed": False, "path": path, "created": False, "rotated": False}
     existing = None
     if info is not None:
@@ -517,23 +554,11 @@ def _present(path, text, info, user, settings, rotate, issuer, label, check_mode
         after = redacted(wanted)
         if not reasons:
             result["diff"] = {"before": before, "after": after}
-            return result
+            return result, None
 
     result.update(changed=True, created=new_secret, rotated=bool(new_secret and info is not None),
                   reasons=reasons, diff={"before": before, "after": after})
-    if check_mode:
-        return result
-    # The PAM module rewrites this file at each login; never undo its update
-    # (a consumed scratch code or used time step must stay consumed).
-    if not _same_file(info, path):
-        return None
-    if info is not None and not stat.S_ISREG(info.st_mode):
-        _remove_non_file(path, info)
-    _fileutil.atomic_write(path, render(wanted), mode=FILE_MODE, uid=user.uid, gid=user.gid)
-    if new_secret:
-        result.update(secret=wanted.secret, uri=build_uri(wanted.secret, issuer, label),
-                      scratch_codes=list(wanted.scratch_codes))
-    return result
+    return result, wanted
 
 
 def _remove_non_file(path, info):
@@ -541,3 +566,143 @@ def _remove_non_file(path, info):
     a folder cannot be, and is left to the operator."""
     if stat.S_ISDIR(info.st_mode):
         raise TotpError("%s is a folder; remove it by hand" % path)
+
+
+def ensure_many(user_names, state="present", settings=None, rotate=False, issuer=None,
+                check_mode=False, _attempts=3):
+    """``ensure`` for a list of users in one run, all or nothing.
+
+    Every user is looked up and every existing file read and checked before
+    anything is written: one problem anywhere fails the whole request with a
+    message naming each user concerned, and nothing is changed. If a write
+    fails part way, the files already written in this run are put back as
+    they were, so no new secret stays in force that the caller never received.
+
+    Returns a dict with ``changed``, ``users`` (one entry per user in the
+    given order: ``name``, ``path``, ``state``, ``changed``, ``created``,
+    ``rotated`` and, for a change, ``reasons``; never a secret), ``secrets``
+    ({name: {secret, uri, scratch_codes}} for the new secrets written; empty
+    in check mode) and ``diff`` (the changed users' files, redacted).
+    """
+    if state not in ("present", "absent"):
+        raise TotpError("state must be 'present' or 'absent', got %r" % (state,))
+    if not isinstance(user_names, (list, tuple)):
+        raise TotpError("users must be a list of user names")
+    settings = (settings or Settings()).validate()
+    if not isinstance(rotate, bool):
+        raise TotpError("rotate must be a boolean")
+    if state == "present":
+        issuer = default_issuer() if issuer is None else issuer
+        _check_label_part("issuer", issuer)
+
+    problems = []
+    targets = []
+    seen = set()
+    for name in user_names:
+        if isinstance(name, str) and name in seen:
+            problems.append("user %s is listed twice" % name)
+            continue
+        seen.add(name if isinstance(name, str) else None)
+        try:
+            user = lookup_user(name)
+            if state == "present":
+                _check_label_part("label of %s" % user.name, default_label(user.name))
+            targets.append((user, default_path(user)))
+        except TotpError as exc:
+            problems.append(str(exc))
+    _refuse(problems)
+
+    plans = []
+    for user, path in targets:
+        try:
+            plans.append(_plan_user(user, path, state, settings, rotate))
+        except TotpError as exc:
+            problems.append("%s: %s" % (user.name, exc))
+    _refuse(problems)
+
+    secrets_made = {}
+    if not check_mode:
+        done = []
+        try:
+            for index, plan in enumerate(plans):
+                plans[index] = _apply_plan(plan, state, settings, rotate, done, _attempts)
+                if plans[index]["result"]["created"]:
+                    secrets_made[plan["user"].name] = _new_secret(
+                        plans[index]["wanted"], issuer, default_label(plan["user"].name))
+        except (TotpError, OSError) as exc:
+            secrets_made.clear()
+            not_restored = _undo(done)
+            raise TotpError(
+                "%s: %s. %s" % (plan["user"].name, exc, (
+                    "The files of the users written before it were put back as they were; "
+                    "nothing was changed for anyone." if not not_restored else
+                    "These files could not be put back and need a look: %s."
+                    % ", ".join(not_restored)))) from None
+
+    users = []
+    before, after = [], []
+    for plan in plans:
+        result = plan["result"]
+        entry = {"name": plan["user"].name, "path": result["path"], "state": state,
+                 "changed": result["changed"], "created": result["created"],
+                 "rotated": result["rotated"]}
+        if result["changed"]:
+            if "reasons" in result:
+                entry["reasons"] = result["reasons"]
+            header = "# %s\n" % result["path"]
+            before.append(header + result["diff"]["before"])
+            after.append(header + result["diff"]["after"])
+        users.append(entry)
+    return {"changed": any(u["changed"] for u in users), "users": users,
+            "secrets": secrets_made, "diff": {"before": "".join(before), "after": "".join(after)}}
+
+
+def _refuse(problems):
+    if problems:
+        raise TotpError("nothing was changed for any user: " + "; ".join(problems))
+
+
+def _plan_user(user, path, state, settings, rotate):
+    text, info = _read_existing(path)
+    if state == "absent":
+        return {"user": user, "path": path, "text": text, "info": info,
+                "result": _plan_absent(path, text, info), "wanted": None}
+    result, wanted = _plan_present(path, text, info, user, settings, rotate)
+    return {"user": user, "path": path, "text": text, "info": info,
+            "result": result, "wanted": wanted}
+
+
+def _apply_plan(plan, state, settings, rotate, done, attempts):
+    """Write one planned change (re-planned when a login rewrote the file
+    meanwhile); record in ``done`` how to put the file back."""
+    for _attempt in range(attempts):
+        if not plan["result"]["changed"]:
+            return plan
+        if _same_file(plan["info"], plan["path"]):
+            if state == "absent":
+                _remove(plan["path"])
+            else:
+                _write(plan["path"], plan["info"], plan["user"], plan["wanted"])
+            done.append(plan)
+            return plan
+        plan = _plan_user(plan["user"], plan["path"], state, settings, rotate)
+    raise TotpError("%s kept changing while it was being updated (a login in progress?); "
+                    "run again" % plan["path"])
+
+
+def _undo(done):
+    """Put the files written in this run back; return the paths that could not be."""
+    not_restored = []
+    for plan in reversed(done):
+        path, info, text = plan["path"], plan["info"], plan["text"]
+        try:
+            if info is None:
+                _remove(path)
+            elif text is not None:
+                _fileutil.atomic_write(path, text.encode("latin-1"), mode=stat.S_IMODE(info.st_mode),
+                                       uid=info.st_uid, gid=info.st_gid)
+            else:
+                not_restored.append(path)
+        except (TotpError, OSError):
+            not_restored.append(path)
+    return not_restored

@@ -277,3 +277,108 @@ def _describe(user, present, new=False):
     if not present:
         return "%s: no PIN\n" % user
     return "%s: PIN set%s\n" % (user, " (new)" if new else "")
+
+
+def ensure_pins(path, entries, generate_length=None, policy=None, check_mode=False,
+                propose=False):
+    """``ensure_pin`` for many users in one run: one lock, one read, one write.
+
+    ``entries`` is a list of dicts with ``name`` and optionally ``state``
+    (default present), ``pin``, ``generate`` and ``rotate``, each meaning what
+    the argument of the same name means for ``ensure_pin``. Every entry is
+    checked before the database is opened; any problem fails the whole request
+    with a message naming each user concerned (never a PIN), and nothing is
+    changed for anyone.
+
+    Returns ``changed``, ``db``, ``users`` (per entry, in order: ``name``,
+    ``state``, ``action``, ``changed``; never a PIN or hash), ``pins``
+    ({name: PIN} for PINs generated and written, or drawn with ``propose``)
+    and ``diff``.
+    """
+    policy = policy or PinPolicy()
+    if not isinstance(entries, (list, tuple)):
+        raise PinPolicyError("users must be a list")
+    problems = []
+    requests = []
+    seen = set()
+    for number, entry in enumerate(entries, 1):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        try:
+            requests.append(_request(entry, policy, propose))
+        except (PinPolicyError, UserDBError) as exc:
+            problems.append(str(exc) if isinstance(name, str) else "entry %d: %s" % (number, exc))
+            continue
+        if name in seen:
+            problems.append("user %s is listed twice" % name)
+        seen.add(name)
+    if problems:
+        raise PinPolicyError("nothing was changed for any user: " + "; ".join(problems))
+    db = UserDB(path)
+
+    with db.locked():
+        current = db.read()
+        wanted = dict(current)
+        users, pins = [], {}
+        for req in requests:
+            name, old = req["name"], current.get(req["name"])
+            action = "none"
+            if req["state"] == "absent":
+                if old is not None:
+                    del wanted[name]
+                    action = "removed"
+            elif req["pin"] is not None:
+                if old is None or not _crypt.verify(req["pin"], old):
+                    action = "created" if old is None else "updated"
+                    wanted[name] = _crypt.sha512_crypt(req["pin"])
+            elif old is None or req["rotate"]:
+                action = "created" if old is None else "updated"
+                if propose or not check_mode:
+                    pins[name] = policy.generate(generate_length)
+                    wanted[name] = _crypt.sha512_crypt(pins[name])
+            users.append({"name": name, "state": req["state"], "action": action,
+                          "changed": action != "none" and not propose})
+        before = "".join(_describe(u["name"], u["name"] in current) for u in users)
+        if propose:
+            return {"changed": False, "db": db.filename, "users": users, "pins": pins,
+                    "diff": {"before": before, "after": before}}
+        changed = any(u["changed"] for u in users)
+        fix = not changed and db.exists() and not db.metadata_ok()
+        after = "".join(_describe(u["name"], u["state"] == "present",
+                                  u["action"] in ("created", "updated")) for u in users)
+        if (changed or fix) and not check_mode:
+            db.write(wanted)
+        return {"changed": changed or fix, "fixed_permissions": fix, "db": db.filename,
+                "users": users, "pins": {} if check_mode else pins,
+                "diff": {"before": before, "after": after}}
+
+
+def _request(entry, policy, propose):
+    """One checked entry of ``ensure_pins``; raises PinPolicyError naming the user."""
+    if not isinstance(entry, dict):
+        raise PinPolicyError("each entry must be a dict with a name")
+    unknown = set(entry) - {"name", "state", "pin", "generate", "rotate"}
+    if unknown:
+        raise PinPolicyError("unknown keys %s" % ", ".join(sorted(unknown)))
+    name = entry.get("name")
+    check_user(name)
+    req = {"name": name, "state": entry.get("state") or "present", "pin": entry.get("pin"),
+           "generate": bool(entry.get("generate")), "rotate": bool(entry.get("rotate"))}
+    if req["state"] not in ("present", "absent"):
+        raise PinPolicyError("%s: state must be present or absent" % name)
+    if req["state"] == "absent":
+        if req["pin"] is not None or req["generate"]:
+            raise PinPolicyError("%s: state=absent takes neither pin nor generate" % name)
+        if propose:
+            raise PinPolicyError("%s: propose only applies to entries with generate=true" % name)
+        return req
+    if req["pin"] is not None and req["generate"]:
+        raise PinPolicyError("%s: give either pin or generate, not both" % name)
+    if req["pin"] is None and not req["generate"]:
+        raise PinPolicyError("%s: state=present needs a pin or generate=true" % name)
+    if req["rotate"] and not req["generate"]:
+        raise PinPolicyError("%s: rotate only applies with generate=true" % name)
+    if propose and not req["generate"]:
+        raise PinPolicyError("%s: propose only applies to entries with generate=true" % name)
+    if req["pin"] is not None:
+        policy.check(name, req["pin"])
+    return req

@@ -16,6 +16,9 @@ description:
   - Creates and removes app passwords, one per user and device, for mail clients
     that cannot present a client certificate (SMTP submission through Dovecot SASL, and
     IMAP when the C(hardened.mailhost.dovecot) role allows it).
+  - Takes one device (O(user) and O(device)) or a whole list (O(devices)) in one run; the
+    file is locked, read and written once for the list. Every entry is checked first; one
+    bad entry fails the task naming it, and nothing is changed for any device.
   - A new password is random (20 characters from a 31-letter alphabet in groups of five,
     about 99 bits), returned B(once) in RV(password), and only its SHA-512 crypt hash
     (C({SHA512-CRYPT}$6$...), made with the system's libxcrypt) is stored.
@@ -46,14 +49,39 @@ options:
   user:
     description:
       - Linux account the app password belongs to. Must exist for O(state=present).
+      - Required with O(device); O(user) and O(device), or O(devices), must be given.
     type: str
-    required: true
   device:
     description:
       - Device label, 1-32 lower-case letters, digits, C(_), C(-) or C(.), starting with a
         letter or digit, for example V(phone) or V(laptop-2024). Part of the login name.
     type: str
-    required: true
+  devices:
+    description:
+      - Many devices in one run, each with its own O(devices[].state) and
+        O(devices[].regenerate). An empty list changes nothing.
+      - Mutually exclusive with O(user), O(device), O(state) and O(regenerate).
+    type: list
+    elements: dict
+    version_added: 0.3.0
+    suboptions:
+      user:
+        description: Linux account (must exist for V(present)).
+        type: str
+        required: true
+      device:
+        description: Device label, as O(device).
+        type: str
+        required: true
+      state:
+        description: V(present) or V(absent), as O(state).
+        type: str
+        choices: [present, absent]
+        default: present
+      regenerate:
+        description: Replace an existing password, as O(regenerate).
+        type: bool
+        default: false
   state:
     description:
       - V(present) makes sure the device has a password, V(absent) removes it.
@@ -118,21 +146,63 @@ EXAMPLES = r"""
     user: bob
     device: tablet
     state: absent
+
+- name: Every device of the office in one run (new passwords by login, hence no_log)
+  hardened.mailhost.app_password:
+    devices:
+      - {user: alice, device: phone}
+      - {user: bob, device: laptop}
+      - {user: bob, device: tablet, state: absent}
+  register: office
+  no_log: true
 """
 
 RETURN = r"""
 login:
   description: The user name the device logs in with, C(<user>+<device>).
-  returned: always
+  returned: with O(user) and O(device)
   type: str
   sample: alice+phone
 password:
   description:
     - The new app password, or V(null) when no password was made in this run.
     - "Secret; the calling task must use C(no_log: true)."
-  returned: when O(state=present)
+  returned: with O(user) and O(device), when O(state=present)
   type: str
   sample: k7mqz-4hxbd-pt9wa-3nrce
+devices:
+  description: One entry per element of O(devices), in the same order. No password, no hash.
+  returned: with O(devices)
+  type: list
+  elements: dict
+  contains:
+    user:
+      description: Linux account.
+      type: str
+      sample: alice
+    device:
+      description: Device label.
+      type: str
+      sample: phone
+    login:
+      description: Login name of the device.
+      type: str
+      sample: alice+phone
+    state:
+      description: The state asked for.
+      type: str
+      sample: present
+    changed:
+      description: Whether this device's line was (or in check mode would be) added, replaced or removed.
+      type: bool
+      sample: true
+passwords:
+  description:
+    - The new app passwords made in this run, by login name. Empty in check mode.
+    - "Secret; the calling task must use C(no_log: true). Loop over its keys, never its values."
+  returned: with O(devices)
+  type: dict
+  sample: {alice+phone: k7mqz-4hxbd-pt9wa-3nrce}
 entries:
   description:
     - The devices in the file after this run (in check mode, as it is now). No passwords,
@@ -169,20 +239,50 @@ def _logins(store):
     return "".join("%s\n" % e["login"] for e in store.list())
 
 
+def _many(module, store):
+    try:
+        before = _logins(store)
+        fix_before = store.needs_fixing()
+        devices, passwords, entries = store.apply(module.params["devices"], check_mode=module.check_mode)
+    except _app_password.AppPasswordError as exc:
+        module.fail_json(msg=str(exc))
+    except (OSError, IOError) as exc:
+        module.fail_json(msg="cannot update the app password file %s: %s" % (store.path, exc))
+    public = sorted((e.public() for e in entries), key=lambda e: (e["user"], e["device"]))
+    result = dict(changed=any(d["changed"] for d in devices) or bool(entries and fix_before),
+                  path=store.path, devices=devices, passwords=passwords, entries=public)
+    if module._diff:
+        result["diff"] = dict(before=before, after="".join("%s\n" % e["login"] for e in public),
+                              before_header=store.path, after_header=store.path)
+    module.exit_json(**result)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            user=dict(type="str", required=True),
-            device=dict(type="str", required=True),
+            user=dict(type="str"),
+            device=dict(type="str"),
+            devices=dict(type="list", elements="dict", options=dict(
+                user=dict(type="str", required=True),
+                device=dict(type="str", required=True),
+                state=dict(type="str", default="present", choices=["present", "absent"]),
+                regenerate=dict(type="bool", default=False),
+            )),
             state=dict(type="str", default="present", choices=["present", "absent"]),
             regenerate=dict(type="bool", default=False),
             passwd_file=dict(type="path", default=_app_password.DEFAULT_PATH, no_log=False),
             group=dict(type="str", default="dovecot"),
         ),
+        mutually_exclusive=[["devices", "user"], ["devices", "device"], ["devices", "state"],
+                            ["devices", "regenerate"]],
+        required_one_of=[["devices", "user"]],
+        required_together=[["user", "device"]],
         supports_check_mode=True,
     )
     params = module.params
     store = _app_password.AppPasswordFile(params["passwd_file"], group=params["group"])
+    if params["devices"] is not None:
+        _many(module, store)
     state = params["state"]
     result = dict(changed=False, path=store.path)
     try:

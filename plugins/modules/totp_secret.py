@@ -16,6 +16,10 @@ description:
   - Creates, keeps, rotates or removes C(~user/.google_authenticator), the file that
     C(pam_google_authenticator) reads for time-based one-time passwords (RFC 6238,
     SHA-1, 6 digits, 30 second steps).
+  - Takes one user (O(user)) or a whole list (O(users)) in one run. With a list, every
+    user is looked up and every existing file checked before anything is written; one
+    problem fails the task naming each user concerned, and nothing is changed for anyone.
+    If a write fails part way, the files already written in this run are put back.
   - The file is written in the format the PAM module reads. Line 1 is a 160-bit secret
     in base32 (32 characters), then the option lines C(" RATE_LIMIT 2 30),
     C(" WINDOW_SIZE 3), C(" DISALLOW_REUSE) and C(" TOTP_AUTH) (each starts with a
@@ -57,8 +61,19 @@ options:
     description:
       - Name of the user whose secret is managed. The user must exist, and unless O(path)
         is given, the user's home directory must exist.
+      - Exactly one of O(user) and O(users) is required.
     type: str
-    required: true
+  users:
+    description:
+      - Names of the users whose secrets are managed, all in one run with the same
+        options (O(state), O(rotate), the file settings). Each user must exist and have a
+        home directory; the file is always C(~/.google_authenticator) and the label
+        C(<user>@<short host name>).
+      - An empty list changes nothing.
+      - Mutually exclusive with O(user), O(path) and O(label).
+    type: list
+    elements: str
+    version_added: 0.3.0
   state:
     description:
       - V(present) makes sure a valid secret file exists, V(absent) removes it.
@@ -168,35 +183,96 @@ EXAMPLES = r"""
   hardened.mailhost.totp_secret:
     user: dave
     state: absent
+
+- name: Enrol every SSH user in one run (the result holds the new secrets, hence no_log)
+  hardened.mailhost.totp_secret:
+    users: [alice, bob, carol]
+  register: enrolment
+  no_log: true
+
+- name: Render a QR code for each new secret (the loop items are names, never secrets)
+  hardened.mailhost.totp_qr:
+    uri: "{{ enrolment.secrets[item].uri }}"
+    dest: "{{ playbook_dir }}/enrolment"
+    name: "{{ item }}@{{ inventory_hostname }}"
+    owner: "{{ inventory_hostname }}"
+  loop: "{{ enrolment.secrets | list }}"
+  delegate_to: localhost
 """
 
 RETURN = r"""
 path:
   description: Location of the secret file.
-  returned: always
+  returned: with O(user)
   type: str
   sample: /home/alice/.google_authenticator
 created:
   description: Whether a new secret was made in this run (first enrolment or rotation).
-  returned: always
+  returned: with O(user)
   type: bool
   sample: true
 rotated:
   description: Whether an existing file was replaced by a new secret (O(rotate=true)).
-  returned: always
+  returned: with O(user)
   type: bool
   sample: false
 reasons:
   description: Why the file was (or in check mode would be) written.
-  returned: changed and state is present
+  returned: with O(user), changed and state is present
   type: list
   elements: str
   sample: [window size]
+users:
+  description:
+    - One entry per user of O(users), in the same order. Holds no secret, so it may be
+      looped over and shown.
+  returned: with O(users)
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The user.
+      type: str
+      sample: alice
+    path:
+      description: Location of the user's secret file.
+      type: str
+      sample: /home/alice/.google_authenticator
+    state:
+      description: The state asked for.
+      type: str
+      sample: present
+    changed:
+      description: Whether this user's file was (or in check mode would be) written or removed.
+      type: bool
+      sample: true
+    created:
+      description: Whether a new secret was (or would be) made for this user.
+      type: bool
+      sample: true
+    rotated:
+      description: Whether an existing file was (or would be) replaced by a new secret.
+      type: bool
+      sample: false
+    reasons:
+      description: Why the file was (or would be) written; only for a change with O(state=present).
+      type: list
+      elements: str
+      sample: [new secret]
+secrets:
+  description:
+    - The new secrets by user name, each with C(secret), C(uri) and C(scratch_codes) as
+      described for the single-user form. Empty in check mode and when no secret was made.
+    - "Secret; the calling task must use C(no_log: true). Loop over its keys (user
+      names), never over its values."
+  returned: with O(users)
+  type: dict
+  sample: {alice: {secret: JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP, uri: "otpauth://totp/...", scratch_codes: []}}
 secret:
   description:
     - The base32 secret, for manual entry in an authenticator app.
     - "Secret; the calling task must use C(no_log: true)."
-  returned: when a new secret was written (RV(created)), never in check mode
+  returned: with O(user), when a new secret was written (RV(created)), never in check mode
   type: str
   sample: JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP
 uri:
@@ -204,14 +280,14 @@ uri:
     - The C(otpauth://totp/...) key URI for a QR code, with issuer, label, SHA1, 6 digits,
       30 seconds.
     - "Secret; the calling task must use C(no_log: true)."
-  returned: when a new secret was written (RV(created)), never in check mode
+  returned: with O(user), when a new secret was written (RV(created)), never in check mode
   type: str
   sample: otpauth://totp/mail.example.org:alice%40mail?secret=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP&issuer=mail.example.org&algorithm=SHA1&digits=6&period=30
 scratch_codes:
   description:
     - The new 8-digit emergency codes (empty list when O(scratch_codes=0)).
     - "Secret; the calling task must use C(no_log: true)."
-  returned: when a new secret was written (RV(created)), never in check mode
+  returned: with O(user), when a new secret was written (RV(created)), never in check mode
   type: list
   elements: str
   sample: ["48213377", "90417736"]
@@ -225,7 +301,8 @@ from ansible_collections.hardened.mailhost.plugins.module_utils import _totp
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            user=dict(type="str", required=True),
+            user=dict(type="str"),
+            users=dict(type="list", elements="str"),
             state=dict(type="str", default="present", choices=["present", "absent"]),
             rotate=dict(type="bool", default=False),
             issuer=dict(type="str"),
@@ -237,6 +314,8 @@ def main():
             scratch_codes=dict(type="int", default=0),
             path=dict(type="path"),
         ),
+        mutually_exclusive=[["user", "users"], ["users", "path"], ["users", "label"]],
+        required_one_of=[["user", "users"]],
         supports_check_mode=True,
     )
     params = module.params
@@ -248,24 +327,35 @@ def main():
         scratch_codes=params["scratch_codes"],
     )
     try:
-        result = _totp.ensure(
-            params["user"],
-            state=params["state"],
-            path=params["path"],
-            settings=settings,
-            rotate=params["rotate"],
-            issuer=params["issuer"],
-            label=params["label"],
-            check_mode=module.check_mode,
-        )
+        if params["users"] is not None:
+            result = _totp.ensure_many(
+                params["users"],
+                state=params["state"],
+                settings=settings,
+                rotate=params["rotate"],
+                issuer=params["issuer"],
+                check_mode=module.check_mode,
+            )
+        else:
+            result = _totp.ensure(
+                params["user"],
+                state=params["state"],
+                path=params["path"],
+                settings=settings,
+                rotate=params["rotate"],
+                issuer=params["issuer"],
+                label=params["label"],
+                check_mode=module.check_mode,
+            )
     except _totp.TotpError as exc:
         module.fail_json(msg=str(exc))
     except (OSError, IOError) as exc:
         module.fail_json(msg="cannot write the TOTP secret file: %s" % exc)
     diff = result.pop("diff")
     if module._diff:
+        header = result.get("path", "~/.google_authenticator of each user")
         result["diff"] = dict(before=diff["before"], after=diff["after"],
-                              before_header=result["path"], after_header=result["path"])
+                              before_header=header, after_header=header)
     module.exit_json(**result)
 
 

@@ -14,6 +14,9 @@ version_added: 0.1.0
 description:
   - Sets, generates or removes one user's entry in the Berkeley DB hash file that
     C(pam_userdb) reads, for example the sudo PIN database of the P(hardened.mailhost.sudo_pin#role) role.
+  - With O(users), does the same for a whole list in one run, locking, reading
+    and writing the database once. Every entry is checked first; one bad entry fails the task naming
+    each user concerned (never a PIN), and nothing is changed for anyone.
   - The value stored is a SHA-512 crypt string (V($6$), 16-character random salt) made by the
     system's libxcrypt, so it matches what C(pam_userdb crypt=crypt) checks. Works on
     Python 3.13, which has no C(crypt) module.
@@ -48,10 +51,42 @@ options:
     type: path
     default: /etc/security/sudo_pin
   user:
-    description: User name used as the key (the name PAM authenticates).
+    description:
+      - User name used as the key (the name PAM authenticates).
+      - Exactly one of O(user) and O(users) is required.
     type: str
-    required: true
     aliases: [name]
+  users:
+    description:
+      - Entries for many users, handled in one run. Each entry carries its own O(users[].state),
+        O(users[].pin), O(users[].generate) and O(users[].rotate); O(db), O(propose) and the policy
+        options apply to all of them.
+      - An empty list changes nothing.
+      - Mutually exclusive with O(user), O(state), O(pin), O(generate) and O(rotate).
+    type: list
+    elements: dict
+    version_added: 0.3.0
+    suboptions:
+      name:
+        description: User name used as the key.
+        type: str
+        required: true
+      state:
+        description: Whether the user has an entry.
+        type: str
+        choices: [present, absent]
+        default: present
+      pin:
+        description: The PIN to store (as O(pin)). Never logged.
+        type: str
+      generate:
+        description: Generate a PIN when the user has none (as O(generate)).
+        type: bool
+        default: false
+      rotate:
+        description: With O(users[].generate=true), replace an existing entry (as O(rotate)).
+        type: bool
+        default: false
   state:
     description: Whether the user has an entry.
     type: str
@@ -151,6 +186,15 @@ EXAMPLES = r"""
     db: /etc/security/sudo_pin
     user: carol
     state: absent
+
+- name: All users in one run (one lock, one read, one write of the database)
+  hardened.mailhost.userdb_pin:
+    users:
+      - {name: alice, pin: "{{ vault_sudo_pins.alice }}"}
+      - {name: bob, generate: true}
+      - {name: carol, state: absent}
+  register: pins
+  no_log: true
 """
 
 RETURN = r"""
@@ -162,7 +206,7 @@ db:
 action:
   description: What was (or in check mode would be) done.
   type: str
-  returned: always
+  returned: with O(user)
   sample: created
   choices: [created, updated, removed, fixed_permissions, none]
 pin:
@@ -170,8 +214,45 @@ pin:
     - The PIN generated in this run. Shown only once; register it with C(no_log).
     - With O(propose=true) the PIN drawn for the user, not stored.
   type: str
-  returned: when O(generate=true) made a new PIN outside check mode, or O(propose=true) drew one
+  returned: with O(user), when O(generate=true) made a new PIN outside check mode, or O(propose=true) drew one
   sample: "40718263"
+users:
+  description:
+    - One entry per element of O(users), in the same order. Holds no PIN and no hash.
+  type: list
+  elements: dict
+  returned: with O(users)
+  contains:
+    name:
+      description: The user.
+      type: str
+      sample: bob
+    state:
+      description: The state asked for.
+      type: str
+      sample: present
+    action:
+      description: What was (or would be; with O(propose=true), what storing would) be done for this user.
+      type: str
+      choices: [created, updated, removed, none]
+      sample: created
+    changed:
+      description: Whether this user's entry was (or in check mode would be) changed; always false with O(propose=true).
+      type: bool
+      sample: true
+pins:
+  description:
+    - The PINs generated in this run (or drawn with O(propose=true)), by user name. Empty in
+      check mode (unless O(propose=true)).
+    - "Secret; the calling task must use C(no_log: true). Loop over its keys, never its values."
+  type: dict
+  returned: with O(users)
+  sample: {bob: "40718263"}
+fixed_permissions:
+  description: Whether only the file's owner or mode was (or would be) corrected.
+  type: bool
+  returned: with O(users)
+  sample: false
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -183,7 +264,14 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             db=dict(type="path", default="/etc/security/sudo_pin"),
-            user=dict(type="str", required=True, aliases=["name"]),
+            user=dict(type="str", aliases=["name"]),
+            users=dict(type="list", elements="dict", options=dict(
+                name=dict(type="str", required=True),
+                state=dict(type="str", choices=["present", "absent"], default="present"),
+                pin=dict(type="str", no_log=True),
+                generate=dict(type="bool", default=False),
+                rotate=dict(type="bool", default=False),
+            )),
             state=dict(type="str", choices=["present", "absent"], default="present"),
             pin=dict(type="str", no_log=True),
             generate=dict(type="bool", default=False),
@@ -194,16 +282,24 @@ def main():
             digits_only=dict(type="bool", default=True),
             refuse_trivial=dict(type="bool", default=True),
         ),
+        mutually_exclusive=[["user", "users"], ["users", "state"], ["users", "pin"],
+                            ["users", "generate"], ["users", "rotate"]],
+        required_one_of=[["user", "users"]],
         supports_check_mode=True,
     )
     p = module.params
     try:
         policy = _userdb.PinPolicy(min_length=p["min_length"], digits_only=p["digits_only"],
                                    refuse_trivial=p["refuse_trivial"])
-        result = _userdb.ensure_pin(
-            p["db"], p["user"], state=p["state"], pin=p["pin"],
-            generate=p["generate"], generate_length=p["generate_length"], rotate=p["rotate"],
-            policy=policy, check_mode=module.check_mode, propose=p["propose"])
+        if p["users"] is not None:
+            result = _userdb.ensure_pins(
+                p["db"], p["users"], generate_length=p["generate_length"], policy=policy,
+                check_mode=module.check_mode, propose=p["propose"])
+        else:
+            result = _userdb.ensure_pin(
+                p["db"], p["user"], state=p["state"], pin=p["pin"],
+                generate=p["generate"], generate_length=p["generate_length"], rotate=p["rotate"],
+                policy=policy, check_mode=module.check_mode, propose=p["propose"])
     except (_userdb.PinPolicyError, _userdb.UserDBError, _crypt.CryptError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
