@@ -285,29 +285,8 @@ def ensure(request, check_mode=False, now=None):
             removed = [entry["selectors"][alg] + ".private" for alg in ALGORITHMS]
             reasons.append("removed key set %s" % request.selector)
     else:
-        target = request.selector
-        if target is None and (request.rotate or not sets):
-            target = default_base(now)
-        if target is not None and target not in by_base:
-            names = selectors_of(target, request.suffixes)
-            taken = set(entry["selectors"][alg] for entry in sets for alg in ALGORITHMS)
-            clash = sorted(set(names.values()) & taken)
-            if clash:
-                raise DkimError("selector %s is already used by another key set of %s"
-                                % (", ".join(clash), request.domain))
-            if any(entry["status"] == "pending" for entry in sets):
-                pending = [entry["base"] for entry in sets if entry["status"] == "pending"][0]
-                raise DkimError("key set %s is still waiting for its switch; a second rotation to "
-                                "%s starts after it is active" % (pending, target))
-            has_active = any(entry["status"] == "active" for entry in sets)
-            entry = {"base": target, "selectors": names, "created": _format_time(now),
-                     "status": "pending" if has_active else "active"}
-            if entry["status"] == "active":
-                entry["activated"] = _format_time(now)
-            sets.append(entry)
-            for alg in ALGORITHMS:
-                new_keys[names[alg] + ".private"] = None if check_mode else _new_private(alg)
-            reasons.append("new key set %s (%s)" % (target, entry["status"]))
+        # A pending set whose grace period is over becomes the signing set first.
+        switched = False
         for entry in sets:
             if entry["status"] != "pending":
                 continue
@@ -320,6 +299,41 @@ def ensure(request, check_mode=False, now=None):
                 entry["status"] = "active"
                 entry["activated"] = _format_time(now)
                 reasons.append("switched signing to key set %s" % entry["base"])
+                switched = True
+        pending = [entry["base"] for entry in sets if entry["status"] == "pending"]
+        target = None
+        if request.selector is not None:
+            if request.selector not in by_base:
+                target = request.selector
+        elif not sets:
+            target = default_base(now)
+        elif request.rotate and not pending and not switched:
+            # At most one new dated set per calendar month, so a rotate flag left
+            # on rotates monthly instead of at every run.
+            month = now.strftime("%Y-%m")
+            if not any(entry["created"].startswith(month) for entry in sets):
+                target = default_base(now)
+                if target in by_base:
+                    target = None
+        if target is not None:
+            names = selectors_of(target, request.suffixes)
+            taken = set(entry["selectors"][alg] for entry in sets for alg in ALGORITHMS)
+            clash = sorted(set(names.values()) & taken)
+            if clash:
+                raise DkimError("selector %s is already used by another key set of %s"
+                                % (", ".join(clash), request.domain))
+            if pending:
+                raise DkimError("key set %s is still waiting for its switch; a rotation to %s "
+                                "can start once it is active" % (pending[0], target))
+            has_active = any(entry["status"] == "active" for entry in sets)
+            entry = {"base": target, "selectors": names, "created": _format_time(now),
+                     "status": "pending" if has_active else "active"}
+            if entry["status"] == "active":
+                entry["activated"] = _format_time(now)
+            sets.append(entry)
+            for alg in ALGORITHMS:
+                new_keys[names[alg] + ".private"] = None if check_mode else _new_private(alg)
+            reasons.append("new key set %s (%s)" % (target, entry["status"]))
 
     # Existing key files: present, readable, right owner and mode.
     fixes = []

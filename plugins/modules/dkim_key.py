@@ -46,8 +46,8 @@ attributes:
     support: full
     details:
       - A second run with the same options changes nothing, until O(grace_days) have passed
-        for a pending set (the switch is a change), or, with O(rotate=true) and no O(selector),
-        until a new month begins (a new dated set is made).
+        for a pending set (the switch is a change), or, with O(rotate=true), until a new
+        UTC month begins (a new dated set is made).
 options:
   domain:
     description: The mail domain whose messages are signed (the DKIM C(d=) value).
@@ -74,9 +74,11 @@ options:
     type: str
   rotate:
     description:
-      - Start a rotation to a new dated set (or to O(selector)) that is published first and
-        signs after O(grace_days). Nothing happens when that set exists already, or while
-        another set is still pending.
+      - Start a rotation to a new dated set that is published first and signs after
+        O(grace_days). Nothing happens while a set is pending, when a set was already made
+        in the current UTC month, or in the run that switches; so a rotate flag left on
+        rotates at most once a month and never fails.
+      - A new O(selector) starts a rotation to that name without this option.
     type: bool
     default: false
   grace_days:

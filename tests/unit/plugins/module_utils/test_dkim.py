@@ -111,6 +111,23 @@ def test_rotation_publishes_first_then_switches_after_grace(tmp_path):
     assert again["changed"] is False
 
 
+def test_rotate_left_on_rotates_at_most_monthly_and_never_errs(tmp_path):
+    def run(days, **kw):
+        return _dkim.ensure(request(tmp_path, rotate=True, grace_days=40, **kw),
+                            now=T0 + datetime.timedelta(days=days))
+
+    assert run(0)["reasons"] == ["new key set 202612 (active)"]
+    assert run(10)["changed"] is False                      # same month: nothing
+    assert run(35)["reasons"] == ["new key set 202701 (pending)"]
+    assert run(70)["changed"] is False                      # Feb: 202701 still pending
+    switched = run(75)                                      # grace over: switch only
+    assert switched["reasons"] == ["switched signing to key set 202701"]
+    assert run(76)["reasons"] == ["new key set 202702 (pending)"]
+    assert run(77)["changed"] is False
+    statuses = [(s["base"], s["status"]) for s in run(78)["selectors"]]
+    assert statuses == [("202612", "retired"), ("202701", "active"), ("202702", "pending")]
+
+
 def test_a_second_rotation_waits_for_the_pending_one(tmp_path):
     _dkim.ensure(request(tmp_path), now=T0)
     _dkim.ensure(request(tmp_path, selector="next1"), now=T0)
