@@ -46,7 +46,9 @@ def test_first_run_makes_rsa_2048_and_ed25519_active_0600(tmp_path):
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o750
     key = serialization.load_pem_private_key((folder / "202612r.private").read_bytes(), None)
     assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
-    seed = base64.b64decode((folder / "202612e.private").read_bytes())
+    # Ed25519: the base64 seed alone, 44 bytes, no newline (what dkimpy's dknewkey writes).
+    assert len((folder / "202612e.private").read_bytes()) == 44
+    seed = base64.b64decode((folder / "202612e.private").read_bytes(), validate=True)
     ed = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
     records = dict((r["selector"], r["value"]) for r in result["dns_records"])
     raw = ed.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
