@@ -347,10 +347,15 @@ def write(settings, dest, host, owner=None, check_mode=False):
     texts = {"zone": zone_snippet(records, host), "records": plain_lines(records),
              "mta_sts_policy": mta_sts_policy(settings)}
     changed = False
+    order = ("mta_sts_policy", "zone", "records")
     try:
-        for key in ("mta_sts_policy", "zone", "records"):
+        # A dry pass first: a file held by another host refuses the run before any is written.
+        for key in order:
             changed |= _controller_files.write_owned_file(paths[key], texts[key], owner or host,
-                                                          mode=0o600, check_mode=check_mode)
+                                                          mode=0o600, check_mode=True)
+        if changed and not check_mode:
+            for key in order:
+                _controller_files.write_owned_file(paths[key], texts[key], owner or host, mode=0o600)
     except _controller_files.ControllerFileError as exc:
         raise RecordsError(str(exc))
     return changed, paths, records, notes, texts

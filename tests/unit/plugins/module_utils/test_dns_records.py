@@ -179,3 +179,9 @@ def test_many_forks_one_folder_one_file_per_host(tmp_path):
     s = dr.Settings(domains=["example.org"], mail_host="mail.example.org")
     with pytest.raises(dr.RecordsError, match="belongs to mx1"):
         dr.write(s, dest, "mx1", owner="mx2")
+    # Nothing is written when only the last of the three files is held by another host.
+    with open(os.path.join(dest, ".owners"), "a") as handle:
+        handle.write("mx13.records\tsomeone-else\n")
+    with pytest.raises(dr.RecordsError, match="belongs to someone-else"):
+        dr.write(s, dest, "mx13")
+    assert not [n for n in os.listdir(dest) if n.startswith("mx13.")]
