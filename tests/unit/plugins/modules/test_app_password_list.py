@@ -108,3 +108,24 @@ def test_an_empty_list_changes_nothing(tmp_path):
     result = run(tmp_path, devices=[])
     assert result["changed"] is False and result["devices"] == [] and result["passwords"] == {}
     assert not (tmp_path / "app-passwords").exists()
+
+
+def test_one_read_and_one_write_for_the_whole_list(tmp_path, monkeypatch):
+    calls = {"read": 0, "write": 0}
+    real_read, real_write = _app_password.AppPasswordFile.read, _app_password.AppPasswordFile._write
+
+    def counting_read(self):
+        calls["read"] += 1
+        return real_read(self)
+
+    def counting_write(self, entries):
+        calls["write"] += 1
+        return real_write(self, entries)
+
+    monkeypatch.setattr(_app_password.AppPasswordFile, "read", counting_read)
+    monkeypatch.setattr(_app_password.AppPasswordFile, "_write", counting_write)
+    store = _app_password.AppPasswordFile(str(tmp_path / "app-passwords"), group=MY_GROUP)
+    devices, passwords, entries = store.apply([{"user": ME, "device": "d%03d" % n} for n in range(100)])
+    assert len(devices) == 100 and len(passwords) == 100 and len(entries) == 100
+    assert calls == {"read": 1, "write": 1}
+    assert len(store.read()) == 100
