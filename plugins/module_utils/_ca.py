@@ -17,6 +17,7 @@ Quick use::
     ca.init()                                   # once; CAExistsError if present
     cert = ca.issue("ann@example.org", "Ann Example", "phone")
     cert.pkcs12_bytes, cert.pkcs12_password     # hand to the device, show once
+    ca.issue_many([{"email": ..., "name": ..., "device": ...}, ...])  # all or none
     ca.revoke(cert.serial, reason="key_compromise")   # or ("ann@...", "phone")
     ca.crl(next_update_days=30)                 # re-sign the CRL, refresh exports
     ca.info()                                   # dict: CA, CRL, every certificate
@@ -38,17 +39,28 @@ Layout of the CA folder (0700; every file 0600, written atomically):
     self-signed CA certificate, PEM.
 ``crl.pem``
     current CRL, PEM (created by ``init``, re-signed by ``revoke``/``crl``).
-``index.json``
-    the index: CRL number, CRL validity, one record per certificate.
+``index.sqlite3``
+    the index (SQLite, see ``_ca_index`` for why): CRL number, CRL validity,
+    one row per certificate. A CA of an earlier version has ``index.json``;
+    the first change converts it and keeps it as ``index.json.migrated``.
 ``export/postfix_relay_clientcerts``
     ``<SHA-256 fingerprint, AA:BB:..> <email>`` per currently valid
     certificate, sorted; source for a Postfix ``relay_clientcerts`` map.
 ``export/dovecot_ca_crl.pem``
     CA certificate PEM followed by the current CRL PEM, for Dovecot.
+``export/.state``
+    the index generation both exports follow (see ``_ca_exports``).
 
-Every change to the index happens under an exclusive lock on ``.lock`` in the
-folder and rewrites it atomically, so concurrent processes never lose a
-record. Errors are :class:`CAError` with a message an operator can act on;
+Every change happens under an exclusive lock on ``.lock`` in the folder, in
+this order: one SQLite transaction (the records, the CRL number, the
+generation), then the CRL, then the exports, then ``export/.state``. A process
+killed at any point leaves the index before or after the change; the derived
+files it had not written yet are brought in step by the next change (or
+``client_crl``), which finds ``export/.state`` behind the index. An issue or
+revoke touches the rows it needs through indexes and edits one line of the
+Postfix map, so its cost does not grow with the number of records; only the
+CRL (every revoked serial, by its nature) and a rebuild after an expiry read
+more. Errors are :class:`CAError` with a message an operator can act on;
 nothing is written when one is raised.
 
 ``CertificateAuthority`` decides (validation, locking, issuing, revoking,
@@ -103,7 +115,12 @@ from ansible_collections.hardened.mailhost.plugins.module_utils._ca_exports impo
     EXPORT_DIR,
     POSTFIX_EXPORT,
 )
-from ansible_collections.hardened.mailhost.plugins.module_utils._ca_index import INDEX_FORMAT  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.hardened.mailhost.plugins.module_utils._ca_index import (  # noqa: F401 pylint: disable=unused-import
+    INDEX_FILE,
+    INDEX_FORMAT,
+    LEGACY_BACKUP,
+    LEGACY_FILE,
+)
 
 try:
     from cryptography import x509
@@ -118,7 +135,6 @@ except ImportError:  # HAS_CRYPTOGRAPHY (from _ca_common) says so
 CA_KEY = "ca.key"
 CA_CERT = "ca.crt"
 CRL_FILE = "crl.pem"
-INDEX_FILE = "index.json"
 LOCK_FILE = ".lock"
 
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
@@ -256,6 +272,12 @@ def pkcs12_encryption(password, legacy=False):
     return builder.build(password.encode("ascii"))
 
 
+def _entry_label(number, req):
+    if isinstance(req, dict):
+        return "entry %d (%s / %s)" % (number, req.get("email"), req.get("device"))
+    return "entry %d" % number
+
+
 class CertificateAuthority:
     """The CA stored in ``ca_dir``.
 
@@ -276,7 +298,7 @@ class CertificateAuthority:
         self.passphrase = passphrase
         self._key = None
         self._cert = None
-        self._index = _ca_index.IndexStore(self.path(INDEX_FILE))
+        self._index = _ca_index.IndexStore(self.ca_dir)
         self._exports = _ca_exports.Exports(self.ca_dir, self.path(CA_CERT), self.path(CRL_FILE))
         self._key_loads = 0  # key derivations paid by this object (tests check it is 1)
         self.warnings = []  # operator-facing advice found while loading; no secrets
@@ -299,7 +321,9 @@ class CertificateAuthority:
 
     # -------------------------------------------------------------- loading
     def _require_ca(self):
-        missing = [name for name in (CA_KEY, CA_CERT, INDEX_FILE) if not os.path.isfile(self.path(name))]
+        missing = [name for name in (CA_KEY, CA_CERT) if not os.path.isfile(self.path(name))]
+        if not self._index.exists():
+            missing.append(INDEX_FILE)
         if len(missing) == 3:
             raise CAError("no CA in %s: create it first (hardened.mailhost.client_ca)" % self.ca_dir)
         if missing:
@@ -386,9 +410,49 @@ class CertificateAuthority:
                           % iso(cert_not_before(cert)))
         return key
 
-    def _load_index(self):
+    def _reading(self):
+        """The index for reads (no lock; SQLite shows committed data only)."""
         self._require_ca()
-        return self._index.load()
+        return self._index.reading()
+
+    def _recover(self, now, can_sign=True):
+        """Bring the CRL and the exports in step with the index (caller holds the lock).
+
+        Cheap when they are (one small file read). Otherwise a run was killed
+        after its commit, the index was just migrated, or a listed certificate
+        expired: re-sign the CRL if it is behind the index (with the key, when
+        ``can_sign``), rebuild both exports from the index, drop temporary
+        files a killed run left, and record the generation.
+        """
+        with self._reading() as idx:
+            if self._exports.in_step(idx.generation, now):
+                return False
+            self._drop_stale_temporaries()
+            status = _ca_crl.crl_status(self.path(CRL_FILE), idx.revoked_serials(),
+                                        self.certificate().public_key(), now)
+            behind = (not status["exists"] or status["corrupt"] or status["missing"]
+                      or status["number"] != idx.crl_number or not status["signature_valid"])
+            if behind:
+                if not can_sign:
+                    # The map alone can be fixed; the state stays behind for a keyed run.
+                    return self._exports.write_postfix(idx, now)
+                self._write_crl(idx, None, now, check_validity=False)
+            return self._exports.rebuild(idx, now) or behind
+
+    def _drop_stale_temporaries(self):
+        for folder in (self.ca_dir, self._exports.folder):
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue
+            for name in names:
+                if name.startswith((".ca.key.", ".ca.crt.", ".crl.pem.", ".index.sqlite3.",
+                                    "." + POSTFIX_EXPORT + ".", "." + DOVECOT_EXPORT + ".",
+                                    "." + _ca_exports.STATE_FILE + ".")):
+                    try:
+                        os.unlink(os.path.join(folder, name))
+                    except OSError:
+                        pass
 
     def _lock(self, creating=False):
         if not creating:
@@ -455,10 +519,10 @@ class CertificateAuthority:
             _fileutil.atomic_write(self.path(CA_CERT), cert.public_bytes(serialization.Encoding.PEM),
                                    mode=0o600)
             self._key, self._cert = key, cert
-            index = _ca_index.new_index(crl_next_update_days)
-            self._write_crl(index, None, now, check_validity=False)
-            self._index.save(index)
-            self._write_exports(index)
+            self._index.create(crl_next_update_days)
+            with self._index.reading() as idx:
+                self._write_crl(idx, None, now, check_validity=False)
+                self._exports.rebuild(idx, now)
         return self.info()
 
     # ---------------------------------------------------------------- issue
@@ -476,11 +540,11 @@ class CertificateAuthority:
         a duplicate without ``replace``, an address outside
         ``allowed_domains`` (see ``check_identity``), or a CA that cannot sign.
         """
-        index = self._load_index()
-        return self._plan_issue(index, email, name, device, replace, key_type, days,
-                                not_before, not_after, now or utcnow(), allowed_domains, relay_only)[0]
+        with self._reading() as idx:
+            return self._plan_issue(idx, email, name, device, replace, key_type, days,
+                                    not_before, not_after, now or utcnow(), allowed_domains, relay_only)[0]
 
-    def _plan_issue(self, index, email, name, device, replace, key_type, days,
+    def _plan_issue(self, idx, email, name, device, replace, key_type, days,
                     not_before, not_after, now, allowed_domains=None, relay_only=False):
         email = validate_email(email)
         device = validate_device(device)
@@ -499,8 +563,7 @@ class CertificateAuthority:
         if end > ca_end:
             raise CAError("a %d-day certificate would outlive the CA (valid until %s): use fewer days "
                           "or create a new CA" % (days, iso(ca_end)))
-        current = [rec for rec in index["certificates"]
-                   if rec["email"] == email and rec["device"] == device and self._is_current(rec, now)]
+        current = [rec for rec in idx.of_device(email, device) if self._is_current(rec, now)]
         if current and not replace:
             raise CAError(
                 "%s already has a valid certificate for device %r (serial %s, expires %s); "
@@ -531,64 +594,21 @@ class CertificateAuthority:
         device_key = _generate_key(key_type)
         password = secrets.token_urlsafe(18)
         with self._lock():
-            index = self._load_index()
-            replaced, (email, name, device, start, end) = self._plan_issue(
-                index, email, name, device, replace, key_type, days, not_before, not_after, now,
-                allowed_domains, relay_only)
-            ca_key = self._signing_key(now)
-            ca_cert = self.certificate()
-            serial_number = x509.random_serial_number()
-            cert = (
-                x509.CertificateBuilder()
-                .subject_name(x509.Name([
-                    x509.NameAttribute(NameOID.COMMON_NAME, email),
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
-                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, device),
-                ]))
-                .issuer_name(ca_cert.subject)
-                .public_key(device_key.public_key())
-                .serial_number(serial_number)
-                .not_valid_before(start)
-                .not_valid_after(end)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.KeyUsage(
-                    digital_signature=True, content_commitment=False,
-                    key_encipherment=isinstance(device_key, rsa.RSAPrivateKey),
-                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                    crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-                .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(device_key.public_key()),
-                               critical=False)
-                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                               critical=False)
-                .sign(ca_key, hash_for(ca_key))
-            )
-            record = {
-                "serial": serial_hex(serial_number),
-                "email": email,
-                "name": name,
-                "device": device,
-                "subject": cert.subject.rfc4514_string(),
-                "key_type": key_type,
-                "issued_at": iso(now),
-                "not_before": iso(start),
-                "not_after": iso(end),
-                "fingerprint_sha256": fingerprint_of(cert),
-                "state": "valid",
-                "revoked_at": None,
-                "revocation_reason": None,
-                "relay_only": bool(relay_only),
-            }
-            for old in replaced:
-                _ca_index.mark_revoked(index, old["serial"], "superseded", now)
-            index["certificates"].append(record)
-            if replaced:
-                self._write_crl(index, None, now)
-            self._index.save(index)
-            self._write_exports(index, now)
+            self._recover(now)
+            with self._index.writing() as idx:
+                issued = self._issue_in(idx, device_key, email, name, device, days, replace, key_type,
+                                        not_before, not_after, allowed_domains, relay_only, now)
+                if issued[3]:
+                    idx.next_crl_number()
+                idx.bump_generation()
+            serial_number, cert, record, replaced = issued
+            with self._index.reading() as idx:
+                if replaced:
+                    self._write_crl(idx, None, now)
+                self._exports.update(idx, now, added=[record], removed=replaced, crl_changed=bool(replaced))
+                replaced = [idx.find(r["serial"]) for r in replaced]
         p12 = pkcs12.serialize_key_and_certificates(
-            device.encode("utf-8"), device_key, cert, [ca_cert],
+            device.encode("utf-8"), device_key, cert, [self.certificate()],
             pkcs12_encryption(password, pkcs12_legacy))
         return IssuedCert(
             serial=record["serial"],
@@ -601,8 +621,178 @@ class CertificateAuthority:
             pkcs12_password=password,
             serial_number=serial_number,
             record=dict(record),
-            replaced=[_ca_index.find(index, r["serial"]) for r in replaced],
+            replaced=replaced,
         )
+
+    @staticmethod
+    def _check_batch(requests, allowed_domains, make_keys):
+        """The checks of ``issue_many`` that need no index: [(label, request)]."""
+        if not isinstance(requests, (list, tuple)) or not requests:
+            raise CAError("give a non-empty list of certificates to issue")
+        allowed = ("email", "name", "device", "days", "replace", "key_type", "pkcs12_legacy",
+                   "relay_only", "not_before", "not_after")
+        todo, seen = [], {}
+        for number, req in enumerate(requests, 1):
+            label = _entry_label(number, req)
+            try:
+                if not isinstance(req, dict):
+                    raise CAError("expected a mapping with email, name and device")
+                unknown = sorted(set(req) - set(allowed))
+                if unknown:
+                    raise CAError("unknown keys %s" % ", ".join(unknown))
+                req = dict(req)
+                req.setdefault("days", 120)
+                req.setdefault("replace", False)
+                req.setdefault("key_type", "ec-p256")
+                req.setdefault("pkcs12_legacy", False)
+                req.setdefault("relay_only", False)
+                email = validate_email(req.get("email"))
+                device = validate_device(req.get("device"))
+                validate_name(req.get("name"))
+                check_identity(email, allowed_domains, req["relay_only"])
+                if (email, device) in seen:
+                    raise CAError("the same e-mail and device as entry %d" % seen[(email, device)])
+                seen[(email, device)] = number
+                if make_keys:
+                    req["device_key"] = _generate_key(req["key_type"])
+                elif req["key_type"] not in KEY_TYPES:
+                    raise CAError("unknown key type %r; choose one of %s" % (req["key_type"], ", ".join(KEY_TYPES)))
+            except CAError as exc:
+                raise CAError("%s: %s; nothing was issued" % (label, exc))
+            todo.append((label, req))
+        return todo
+
+    def plan_issue_many(self, requests, allowed_domains=None, now=None):
+        """Check a batch as ``issue_many`` would, writing nothing.
+
+        Returns, per request, the records that issuing would revoke as
+        superseded; raises :class:`CAError` naming the first bad entry.
+        """
+        now = now or utcnow()
+        todo = self._check_batch(requests, allowed_domains, make_keys=False)
+        out = []
+        with self._reading() as idx:
+            for label, req in todo:
+                try:
+                    out.append(self._plan_issue(idx, req["email"], req["name"], req["device"], req["replace"],
+                                                req["key_type"], req["days"], req.get("not_before"),
+                                                req.get("not_after"), now, allowed_domains, req["relay_only"])[0])
+                except CAError as exc:
+                    raise CAError("%s: %s; nothing was issued" % (label, exc))
+        return out
+
+    def issue_many(self, requests, allowed_domains=None):
+        """Issue several certificates in one locked step: all of them, or none.
+
+        ``requests`` is a list of dicts with the keywords of ``issue``
+        (``email``, ``name``, ``device``; optional ``days``, ``replace``,
+        ``key_type``, ``pkcs12_legacy``, ``relay_only``). Every entry is
+        checked before anything is signed; the first bad one raises
+        :class:`CAError` naming it (its position, e-mail and device) and
+        nothing is issued for anyone. One transaction records them all, the
+        CRL is signed once (when some replaced), and the exports are updated
+        once. Returns the list of :class:`IssuedCert`, in request order.
+        """
+        now = utcnow()
+        todo = self._check_batch(requests, allowed_domains, make_keys=True)
+        results = []
+        with self._lock():
+            self._recover(now)
+            with self._index.writing() as idx:
+                for label, req in todo:
+                    try:
+                        results.append(self._issue_in(
+                            idx, req["device_key"], req["email"], req["name"], req["device"], req["days"],
+                            req["replace"], req["key_type"], req.get("not_before"), req.get("not_after"),
+                            allowed_domains, req["relay_only"], now))
+                    except CAError as exc:
+                        raise CAError("%s: %s; nothing was issued" % (label, exc))
+                if any(replaced for _serial, _cert, _record, replaced in results):
+                    idx.next_crl_number()
+                idx.bump_generation()
+            added = [record for _serial, _cert, record, _replaced in results]
+            removed = [old for _serial, _cert, _record, replaced in results for old in replaced]
+            with self._index.reading() as idx:
+                if removed:
+                    self._write_crl(idx, None, now)
+                self._exports.update(idx, now, added=added, removed=removed, crl_changed=bool(removed))
+                removed = dict((old["serial"], idx.find(old["serial"])) for old in removed)
+        ca_cert = self.certificate()
+        out = []
+        for (label, req), (serial_number, cert, record, replaced) in zip(todo, results):
+            password = secrets.token_urlsafe(18)
+            key = req["device_key"]
+            out.append(IssuedCert(
+                serial=record["serial"],
+                fingerprint=record["fingerprint_sha256"],
+                cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+                key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()),
+                pkcs12_bytes=pkcs12.serialize_key_and_certificates(
+                    record["device"].encode("utf-8"), key, cert, [ca_cert],
+                    pkcs12_encryption(password, req["pkcs12_legacy"])),
+                pkcs12_password=password,
+                serial_number=serial_number,
+                record=dict(record),
+                replaced=[removed[old["serial"]] for old in replaced],
+            ))
+        return out
+
+    def _issue_in(self, idx, device_key, email, name, device, days, replace, key_type,
+                  not_before, not_after, allowed_domains, relay_only, now):
+        """Plan, sign and record one certificate inside the open transaction ``idx``."""
+        replaced, (email, name, device, start, end) = self._plan_issue(
+            idx, email, name, device, replace, key_type, days, not_before, not_after, now,
+            allowed_domains, relay_only)
+        ca_key = self._signing_key(now)
+        ca_cert = self.certificate()
+        serial_number = x509.random_serial_number()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([
+                x509.NameAttribute(NameOID.COMMON_NAME, email),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, device),
+            ]))
+            .issuer_name(ca_cert.subject)
+            .public_key(device_key.public_key())
+            .serial_number(serial_number)
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, content_commitment=False,
+                key_encipherment=isinstance(device_key, rsa.RSAPrivateKey),
+                data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(device_key.public_key()),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                           critical=False)
+            .sign(ca_key, hash_for(ca_key))
+        )
+        record = {
+            "serial": serial_hex(serial_number),
+            "email": email,
+            "name": name,
+            "device": device,
+            "subject": cert.subject.rfc4514_string(),
+            "key_type": key_type,
+            "issued_at": iso(now),
+            "not_before": iso(start),
+            "not_after": iso(end),
+            "fingerprint_sha256": fingerprint_of(cert),
+            "state": "valid",
+            "revoked_at": None,
+            "revocation_reason": None,
+            "relay_only": bool(relay_only),
+        }
+        for old in replaced:
+            idx.mark_revoked(old["serial"], "superseded", now)
+        idx.insert(record)
+        return serial_number, cert, record, replaced
 
     # --------------------------------------------------------------- revoke
     def plan_revoke(self, target, reason="unspecified", now=None):
@@ -611,9 +801,10 @@ class CertificateAuthority:
         ``target`` is a serial (int or hex string) or an ``(email, device)``
         pair. Raises :class:`CAError` for an unknown serial or device.
         """
-        return self._plan_revoke(self._load_index(), target, reason, now or utcnow())
+        with self._reading() as idx:
+            return self._plan_revoke(idx, target, reason, now or utcnow())
 
-    def _plan_revoke(self, index, target, reason, now):
+    def _plan_revoke(self, idx, target, reason, now):
         if reason not in REVOCATION_REASONS:
             raise CAError("unknown revocation reason %r; choose one of %s"
                           % (reason, ", ".join(REVOCATION_REASONS)))
@@ -621,13 +812,12 @@ class CertificateAuthority:
             if len(target) != 2:
                 raise CAError("revoke target must be a serial or an (email, device) pair")
             email, device = validate_email(target[0]), validate_device(target[1])
-            matches = [rec for rec in index["certificates"]
-                       if rec["email"] == email and rec["device"] == device]
+            matches = idx.of_device(email, device)
             if not matches:
                 raise CAError("no certificate was ever issued to %s for device %r" % (email, device))
             return [dict(rec) for rec in matches if rec["state"] == "valid"]
         serial = parse_serial(target)
-        rec = _ca_index.find(index, serial)
+        rec = idx.find(serial)
         if rec is None:
             raise CAError("serial %s is unknown to the CA in %s" % (serial, self.ca_dir))
         return [] if rec["state"] == "revoked" else [rec]
@@ -640,24 +830,29 @@ class CertificateAuthority:
         """
         now = utcnow()
         with self._lock():
-            index = self._load_index()
-            todo = self._plan_revoke(index, target, reason, now)
-            if not todo:
-                return []
-            self._signing_key(now)
-            for rec in todo:
-                _ca_index.mark_revoked(index, rec["serial"], reason, now)
-            self._write_crl(index, next_update_days, now)
-            self._index.save(index)
-            self._write_exports(index, now)
-            return [_ca_index.find(index, rec["serial"]) for rec in todo]
+            self._recover(now)
+            with self._index.writing() as idx:
+                todo = self._plan_revoke(idx, target, reason, now)
+                if not todo:
+                    return []
+                self._signing_key(now)
+                for rec in todo:
+                    idx.mark_revoked(rec["serial"], reason, now)
+                idx.next_crl_number()
+                idx.bump_generation()
+            with self._index.reading() as idx:
+                self._write_crl(idx, next_update_days, now)
+                self._exports.update(idx, now, removed=todo, crl_changed=True)
+                return [idx.find(rec["serial"]) for rec in todo]
 
     # ------------------------------------------------------------------ CRL
-    def _write_crl(self, index, next_update_days, now, check_validity=True):
-        days = index.get("crl_next_update_days", 30) if next_update_days is None else next_update_days
+    def _write_crl(self, idx, next_update_days, now, check_validity=True):
+        """Sign the CRL with the number the index holds (committed before, never reused)."""
+        days = idx.crl_next_update_days if next_update_days is None else next_update_days
         check_crl_days(days)
         key = self._signing_key(now) if check_validity else self._private_key()
-        return _ca_crl.sign_crl(self.path(CRL_FILE), index, key, self.certificate(), days, now)
+        return _ca_crl.sign_crl(self.path(CRL_FILE), idx.crl_number, idx.revoked(), key,
+                                self.certificate(), days, now)
 
     def crl(self, next_update_days=None):
         """Re-sign the CRL now (next CRL number) and refresh both exports.
@@ -666,12 +861,17 @@ class CertificateAuthority:
         Returns ``crl_status()``.
         """
         now = utcnow()
+        if next_update_days is not None:
+            check_crl_days(next_update_days)
         with self._lock():
-            index = self._load_index()
             self._signing_key(now)
-            self._write_crl(index, next_update_days, now)
-            self._index.save(index)
-            self._write_exports(index, now)
+            self._recover(now)
+            with self._index.writing() as idx:
+                idx.next_crl_number()
+                idx.bump_generation()
+            with self._index.reading() as idx:
+                self._write_crl(idx, next_update_days, now)
+                self._exports.update(idx, now, crl_changed=True)
         return self.crl_status()
 
     def load_crl(self):
@@ -680,14 +880,13 @@ class CertificateAuthority:
 
     def crl_status(self, now=None):
         """What the current CRL says and whether it matches the index (see ``_ca_crl.crl_status``)."""
-        return _ca_crl.crl_status(self.path(CRL_FILE), self._load_index(),
-                                  self.certificate().public_key(), now or utcnow())
+        with self._reading() as idx:
+            wanted = idx.revoked_serials()
+        return _ca_crl.crl_status(self.path(CRL_FILE), wanted, self.certificate().public_key(),
+                                  now or utcnow())
 
     # -------------------------------------------------------------- exports
     postfix_map_text = staticmethod(_ca_exports.postfix_map_text)
-
-    def _write_exports(self, index, now=None):
-        return self._exports.write(index, now)
 
     def export_postfix_map(self):
         """(Re)write ``export/postfix_relay_clientcerts``; returns (path, changed).
@@ -696,7 +895,8 @@ class CertificateAuthority:
         this (or ``crl()``) regularly; unchanged content is not rewritten.
         """
         with self._lock():
-            return self.postfix_export_path, self._exports.write_postfix(self._load_index())
+            with self._reading() as idx:
+                return self.postfix_export_path, self._exports.write_postfix(idx)
 
     def export_dovecot_ca_crl(self):
         """(Re)write ``export/dovecot_ca_crl.pem``; returns (path, changed)."""
@@ -706,12 +906,17 @@ class CertificateAuthority:
 
     def refresh_exports(self):
         """Rewrite both exports when their content changed; returns changed."""
+        now = utcnow()
         with self._lock():
-            return self._write_exports(self._load_index())
+            changed = self._recover(now, can_sign=bool(self.passphrase))
+            with self._reading() as idx:
+                changed = self._exports.write_postfix(idx, now) or changed
+                return self._exports.write_dovecot() or changed
 
     def exports_current(self, now=None):
         """True when both export files hold what ``refresh_exports`` would write."""
-        return self._exports.current(self._load_index(), now)
+        with self._reading() as idx:
+            return self._exports.current(idx, now)
 
     # ----------------------------------------------------------------- info
     def check(self):
@@ -722,7 +927,8 @@ class CertificateAuthority:
         here: it is derived data that ``crl()`` rewrites (see ``crl_status``).
         """
         self._private_key()
-        self._load_index()
+        with self._reading() as idx:
+            idx.count()
         return self.ca_summary()
 
     def rekey(self, new_passphrase=None, check_only=False):
@@ -810,11 +1016,12 @@ class CertificateAuthority:
         revoked, expired, not_yet_valid) and ``days_left`` (int, may be < 0).
         """
         now = now or utcnow()
-        index = self._load_index()
+        with self._reading() as idx:
+            records = idx.all()
+            next_days = idx.crl_next_update_days
         certs = []
-        for rec in index["certificates"]:
-            out = dict(rec)
-            out.setdefault("relay_only", False)  # records of older versions lack the marker
+        for rec in records:
+            out = rec
             end = parse_time(rec["not_after"])
             out["days_left"] = int((end - now).total_seconds() // 86400)
             if rec["state"] == "revoked":
@@ -829,7 +1036,7 @@ class CertificateAuthority:
         return {
             "ca": self.ca_summary(now),
             "crl": self.crl_status(now),
-            "crl_next_update_days": index.get("crl_next_update_days"),
+            "crl_next_update_days": next_days,
             "certificates": certs,
             "exports": {"postfix_relay_clientcerts": self.postfix_export_path,
                         "dovecot_ca_crl": self.dovecot_export_path},

@@ -35,29 +35,32 @@ except ImportError:  # _ca_common reports the missing library
     pass
 
 
-def sign_crl(path, index, key, cert, days, now):
-    """Sign the next CRL (increments ``index["crl_number"]``), write it to ``path``, return it."""
+def sign_crl(path, number, revoked, key, cert, days, now):
+    """Sign CRL ``number`` listing ``revoked`` ((serial, revoked_at, reason) rows), write it to ``path``.
+
+    Returns the CRL. The caller takes the number from the index (it is
+    committed there first, so a CRL is never signed twice with one number).
+    """
     check_crl_days(days)
-    index["crl_number"] = int(index.get("crl_number", 0)) + 1
+    reasons = {}
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(cert.subject)
         .last_update(now)
         .next_update(now + datetime.timedelta(days=days))
-        .add_extension(x509.CRLNumber(index["crl_number"]), critical=False)
+        .add_extension(x509.CRLNumber(int(number)), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
                        critical=False)
     )
-    for rec in index["certificates"]:
-        if rec["state"] != "revoked":
-            continue
+    for serial, revoked_at, reason in revoked:
         entry = (x509.RevokedCertificateBuilder()
-                 .serial_number(int(rec["serial"], 16))
-                 .revocation_date(parse_time(rec["revoked_at"])))
-        reason = rec.get("revocation_reason") or "unspecified"
+                 .serial_number(int(serial, 16))
+                 .revocation_date(parse_time(revoked_at)))
+        reason = reason or "unspecified"
         if reason != "unspecified":  # RFC 5280: omit the code rather than say unspecified
-            entry = entry.add_extension(x509.CRLReason(getattr(x509.ReasonFlags, reason)),
-                                        critical=False)
+            if reason not in reasons:
+                reasons[reason] = x509.CRLReason(getattr(x509.ReasonFlags, reason))
+            entry = entry.add_extension(reasons[reason], critical=False)
         builder = builder.add_revoked_certificate(entry.build())
     crl = builder.sign(key, hash_for(key))
     _fileutil.atomic_write(path, crl.public_bytes(serialization.Encoding.PEM), mode=0o600)
@@ -77,14 +80,14 @@ def load_crl(path):
         raise CAError("CRL %s is corrupt: %s" % (path, exc))
 
 
-def crl_status(path, index, ca_public_key, now):
-    """What the CRL in ``path`` says and whether it matches ``index``.
+def crl_status(path, wanted, ca_public_key, now):
+    """What the CRL in ``path`` says and whether it lists every serial of ``wanted``.
 
     Keys: ``exists``, ``corrupt`` (unreadable file), ``number``, ``last_update``, ``next_update``,
     ``days_left`` (float), ``revoked_serials`` (sorted hex), ``missing``
     (revoked in the index but not in the CRL), ``signature_valid``.
     """
-    wanted = sorted(rec["serial"] for rec in index["certificates"] if rec["state"] == "revoked")
+    wanted = sorted(wanted)
     try:
         crl = load_crl(path)
     except CAError:

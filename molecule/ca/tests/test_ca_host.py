@@ -43,7 +43,7 @@ def test_ca_user_and_private_files(instance):
     assert (home.user, home.group, home.mode) == ("ca", "ca", 0o700)
     folder = host.file(CA_DIR)
     assert (folder.user, folder.mode) == ("ca", 0o700)
-    for name in ("ca.key", "ca.crt", "crl.pem", "index.json",
+    for name in ("ca.key", "ca.crt", "crl.pem", "index.sqlite3", "export/.state",
                  "export/postfix_relay_clientcerts", "export/dovecot_ca_crl.pem"):
         item = host.file(CA_DIR + "/" + name)
         assert (item.user, item.group, item.mode) == ("ca", "ca", 0o600), name
@@ -85,7 +85,7 @@ def check_service_refreshes_the_crl(instance):
     assert crl_after.is_signature_valid(ca_cert(instance).public_key())
     bundle = instance.run("cat", CA_DIR + "/export/dovecot_ca_crl.pem").stdout.encode()
     assert bundle == instance.run("cat", CA_DIR + "/ca.crt").stdout.encode() + pem_after
-    for name in ("crl.pem", "index.json", "export/dovecot_ca_crl.pem"):
+    for name in ("crl.pem", "index.sqlite3", "export/.state", "export/dovecot_ca_crl.pem"):
         item = instance.host.file(CA_DIR + "/" + name)
         assert (item.user, item.mode) == ("ca", 0o600), name
     assert journal_has(instance, "CRL %d signed" % number_after)

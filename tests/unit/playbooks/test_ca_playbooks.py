@@ -80,13 +80,13 @@ def test_issue_revoke_refresh(tmp_path):
     assert postfix_map.read_text() == "%s ann@example.org\n" % fingerprint
 
     # same device again: clear message, nothing changed
-    index_before = (ca_dir / "index.json").read_bytes()
+    index_before = (ca_dir / "index.sqlite3").read_bytes()
     bundle.unlink()
     bundle.with_suffix(".pass").unlink()
     again = playbook(tmp_path, "issue_cert.yml", **cert)
     assert again.returncode != 0
     assert "already has a valid certificate" in again.stdout
-    assert (ca_dir / "index.json").read_bytes() == index_before and not bundle.exists()
+    assert (ca_dir / "index.sqlite3").read_bytes() == index_before and not bundle.exists()
 
     # bad device label
     bad_request = dict(cert)
@@ -177,8 +177,9 @@ def domain_inventory(**domains):
 
 
 def index_records(tmp_path):
-    with open(str(ca_dir_of(tmp_path) / "index.json")) as handle:
-        return dict(((r["email"], r["device"]), r) for r in json.load(handle)["certificates"])
+    from ansible_collections.hardened.mailhost.plugins.module_utils._ca import CertificateAuthority
+    records = CertificateAuthority(str(ca_dir_of(tmp_path))).info()["certificates"]
+    return dict(((r["email"], r["device"]), r) for r in records)
 
 
 def test_issue_cert_refuses_addresses_outside_the_served_domains(tmp_path):
@@ -189,14 +190,14 @@ def test_issue_cert_refuses_addresses_outside_the_served_domains(tmp_path):
                       cert_email=email, **request)
         assert ok.returncode == 0, ok.stdout[-3000:]
         assert "Mailbox identity" in ok.stdout
-    index_before = (ca_dir_of(tmp_path) / "index.json").read_bytes()
+    index_before = (ca_dir_of(tmp_path) / "index.sqlite3").read_bytes()
     refused = playbook(tmp_path, "issue_cert.yml", inventory=inventory, args=["--tags", "ca"],
                        cert_email="demo@partner.example", **request)
     assert refused.returncode != 0
     assert "demo@partner.example is outside the mail domains this host serves (example.net, example.org)" \
         in refused.stdout
     assert "cert_relay_only=true" in refused.stdout
-    assert (ca_dir_of(tmp_path) / "index.json").read_bytes() == index_before
+    assert (ca_dir_of(tmp_path) / "index.sqlite3").read_bytes() == index_before
     assert not (bundle_dir_of(tmp_path) / "demo@partner.example_phone.p12").exists()
     relay = playbook(tmp_path, "issue_cert.yml", inventory=inventory, args=["--tags", "ca"],
                      cert_email="demo@partner.example", cert_relay_only=True, **request)

@@ -85,7 +85,7 @@ def verify(ca, tmp_path, cert_pem, crl=True):
 # ------------------------------------------------------------------ init
 def test_init_creates_protected_files_and_a_proper_ca(ca_template):
     assert stat.S_IMODE(os.stat(str(ca_template)).st_mode) == 0o700
-    for name in ("ca.key", "ca.crt", "crl.pem", "index.json",
+    for name in ("ca.key", "ca.crt", "crl.pem", "index.sqlite3", "export/.state",
                  "export/postfix_relay_clientcerts", "export/dovecot_ca_crl.pem"):
         assert stat.S_IMODE(os.stat(str(ca_template / name)).st_mode) == 0o600, name
     cert = x509.load_pem_x509_certificate((ca_template / "ca.crt").read_bytes())
@@ -293,8 +293,8 @@ def test_missing_ca(tmp_path):
 @pytest.mark.parametrize("victim,content,message", [
     ("ca.key", b"garbage", "corrupt"),
     ("ca.crt", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "corrupt"),
-    ("index.json", b"{not json", "corrupt"),
-    ("index.json", b'{"format": 99, "certificates": []}', "unknown format"),
+    ("index.sqlite3", b"not a database at all, just some bytes" * 200, "corrupt"),
+    ("index.sqlite3", b"", "corrupt"),
 ])
 def test_corrupt_ca_changes_nothing(ca, victim, content, message):
     with open(ca.path(victim), "wb") as handle:
@@ -460,11 +460,10 @@ def test_concurrent_issuing_keeps_the_index_consistent(ca):
     for proc in workers:
         proc.join(120)
         assert proc.exitcode == 0
-    with open(ca.path("index.json")) as handle:
-        index = json.load(handle)
-    emails = sorted(rec["email"] for rec in index["certificates"])
+    records = CertificateAuthority(ca.ca_dir).info()["certificates"]
+    emails = sorted(rec["email"] for rec in records)
     assert emails == sorted("w%d-%d@example.org" % (n, i) for n in range(4) for i in range(25))
-    assert len({rec["serial"] for rec in index["certificates"]}) == 100
+    assert len({rec["serial"] for rec in records}) == 100
     with open(ca.postfix_export_path) as handle:
         assert len(handle.read().splitlines()) == 100
     assert [n for n in os.listdir(ca.ca_dir) if n.startswith(".") and n != ".lock"] == []
@@ -520,8 +519,7 @@ def test_cached_index_sees_changes_made_by_another_process(ca):
     other = CertificateAuthority(ca.ca_dir, PASS)
     other.revoke(first.serial, reason="superseded")
     ca.issue("lea@example.org", "Lea", "laptop")  # the first object writes the index again
-    with open(ca.path("index.json")) as handle:
-        records = {rec["serial"]: rec for rec in json.load(handle)["certificates"]}
+    records = {rec["serial"]: rec for rec in CertificateAuthority(ca.ca_dir).info()["certificates"]}
     assert records[first.serial]["state"] == "revoked"
     assert records[first.serial]["revocation_reason"] == "superseded"
     assert len(records) == 2

@@ -98,10 +98,10 @@ def test_client_ca_errors_change_nothing(tmp_path, ca_dir):
     for check in (True, False):  # 15 characters: refused for a new CA, nothing written
         short = run(tmp_path, "client_ca", check=check, ca_dir=str(tmp_path / "x"), passphrase="fifteen-chars-x")
         assert short["failed"] and "at least 16 characters" in short["msg"] and not (tmp_path / "x").exists()
-    (ca_dir / "index.json").write_text("{broken")
+    (ca_dir / "index.sqlite3").write_text("{broken")
     broken = run(tmp_path, "client_ca", ca_dir=str(ca_dir), passphrase=PASS)
     assert broken["failed"] and "corrupt" in broken["msg"]
-    (ca_dir / "index.json").write_bytes(before["index.json"])
+    (ca_dir / "index.sqlite3").write_bytes(before["index.sqlite3"])
     os.unlink(str(ca_dir / "ca.crt"))
     partial = run(tmp_path, "client_ca", ca_dir=str(ca_dir), passphrase=PASS)
     assert partial["failed"] and "incomplete" in partial["msg"]
