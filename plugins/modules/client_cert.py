@@ -33,6 +33,13 @@ description:
     refused, nothing written, unless O(relay_only=true) marks it as a relay-only identity,
     which may relay through Postfix but never opens a mailbox (Dovecot accepts only served
     domains). The index record carries the marker (C(relay_only)), so listings show it.
+  - Many devices in one run (onboarding) with O(certs) (a list) or O(certs_csv) (a CSV
+    file). Every entry is checked first (address, domain, device label, duplicates in the
+    list and in the CA, bundle path); one bad entry fails the run with a message naming it
+    (its position, e-mail and device) and nothing is issued for anyone. Then all are issued
+    in one locked step of the CA and each bundle is written, mode C(0600), under
+    O(pkcs12_dir) (or the entry's C(pkcs12_path)). The per-entry results in
+    RV(certificates) hold each bundle's password, so set C(no_log) on the task.
   - After every change the Postfix fingerprint map and the Dovecot CA+CRL file in
     C(<ca_dir>/export/) are rewritten; push them to the mail hosts (the
     C(issue_cert.yml) and C(revoke_cert.yml) playbooks do).
@@ -64,6 +71,29 @@ options:
     type: str
     choices: [present, revoked]
     default: present
+  certs:
+    description:
+      - Issue one certificate per entry, all or none, in one run (O(state=present) only).
+        Entries take C(email), C(name), C(device) (as the options of the same names) and,
+        optionally, C(pkcs12_path) (absolute), C(replace), C(days), C(key_type), C(pkcs12_legacy),
+        C(relay_only); what an entry leaves out comes from the module options.
+      - Mutually exclusive with O(email), O(name), O(device), O(pkcs12_path), O(serial) and
+        O(certs_csv).
+    type: list
+    elements: dict
+  certs_csv:
+    description:
+      - A CSV file (UTF-8, first line the header) with the columns C(email), C(device) and
+        C(name), and optionally C(replace), C(days), C(relay_only), C(pkcs12_legacy) (true/false,
+        a number); read on the host the module runs on (the controller). Errors name the line.
+      - Mutually exclusive with O(certs) and the single-device options.
+    type: path
+  pkcs12_dir:
+    description:
+      - With O(certs) or O(certs_csv), the folder for the bundles, named
+        C(<email>_<device>.p12) (the e-mail in lower case), unless an entry gives
+        C(pkcs12_path). A missing folder is created with mode C(0700).
+    type: path
   email:
     description:
       - E-mail address of the person (ASCII C(local@domain.tld)); stored in lower case.
@@ -198,6 +228,26 @@ EXAMPLES = r"""
     pkcs12_path: /root/bundles/ann-phone.p12
   no_log: true
 
+- name: Onboard several devices in one run (all or none)
+  hardened.mailhost.client_cert:
+    ca_dir: "{{ hardened_ca_dir }}"
+    passphrase: "{{ hardened_ca_passphrase }}"
+    allowed_domains: "{{ hardened_mailhost_mail_domains }}"
+    pkcs12_dir: /root/bundles
+    certs:
+      - {email: ann@example.org, name: Ann Example, device: phone}
+      - {email: bob@example.org, name: Bob Example, device: laptop, pkcs12_legacy: true}
+  register: onboarded
+  no_log: true
+
+- name: The same from a CSV file (header email,device,name)
+  hardened.mailhost.client_cert:
+    ca_dir: "{{ hardened_ca_dir }}"
+    passphrase: "{{ hardened_ca_passphrase }}"
+    pkcs12_dir: /root/bundles
+    certs_csv: /root/devices.csv
+  no_log: true
+
 - name: Revoke the certificate of a lost laptop
   hardened.mailhost.client_cert:
     ca_dir: "{{ hardened_ca_dir }}"
@@ -250,8 +300,16 @@ pkcs12_password:
   type: str
 relay_only:
   description: Whether the certificate was issued as a relay-only identity.
-  returned: state=present
+  returned: state=present and not certs/certs_csv
   type: bool
+certificates:
+  description:
+    - One result per entry of O(certs) or O(certs_csv), in order, with C(email), C(device),
+      C(pkcs12_path), C(relay_only), C(replaced) and, except in check mode, C(serial),
+      C(fingerprint_sha256), C(not_after), C(subject) and C(pkcs12_password) (secret).
+  returned: certs or certs_csv given
+  type: list
+  elements: dict
 replaced:
   description: Serials revoked as superseded by this issue (O(replace=true)).
   returned: state=present
@@ -264,6 +322,8 @@ revoked:
   elements: str
 """
 
+import csv
+import io
 import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -342,6 +402,141 @@ def present(module, ca):
     return result
 
 
+BATCH_KEYS = ("email", "name", "device", "pkcs12_path", "replace", "days", "key_type", "pkcs12_legacy",
+              "relay_only")
+CSV_BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False, "": False}
+
+
+def _read_csv(path):
+    """Entries of the CSV file, each labelled with its line."""
+    try:
+        with io.open(path, "r", encoding="utf-8", newline="") as handle:
+            rows = list(csv.reader(handle))
+    except (IOError, OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise _ca.CAError("cannot read the CSV file %s: %s; nothing was issued" % (path, exc))
+    if not rows:
+        raise _ca.CAError("the CSV file %s is empty; nothing was issued" % path)
+    header = [name.strip().lower() for name in rows[0]]
+    missing = [name for name in ("email", "device", "name") if name not in header]
+    unknown = [name for name in header if name not in BATCH_KEYS or name in ("pkcs12_path", "key_type")]
+    if missing or unknown or len(set(header)) != len(header):
+        raise _ca.CAError("the CSV file %s needs the header email,device,name (optionally replace, days, "
+                          "relay_only, pkcs12_legacy), each once; got %s; nothing was issued"
+                          % (path, ",".join(rows[0])))
+    entries = []
+    for number, row in enumerate(rows[1:], 2):
+        if not any(cell.strip() for cell in row):
+            continue
+        label = "%s line %d" % (os.path.basename(path), number)
+        if len(row) != len(header):
+            raise _ca.CAError("%s: %d fields, the header has %d; nothing was issued" % (label, len(row), len(header)))
+        entry = dict((key, cell.strip()) for key, cell in zip(header, row))
+        for key in ("replace", "relay_only", "pkcs12_legacy"):
+            if key in entry:
+                if entry[key].lower() not in CSV_BOOLEANS:
+                    raise _ca.CAError("%s (%s / %s): %s must be true or false, got %r; nothing was issued"
+                                      % (label, entry["email"], entry["device"], key, entry[key]))
+                entry[key] = CSV_BOOLEANS[entry[key].lower()]
+        if "days" in entry:
+            if not entry["days"].isdigit():
+                raise _ca.CAError("%s (%s / %s): days must be a number, got %r; nothing was issued"
+                                  % (label, entry["email"], entry["device"], entry["days"]))
+            entry["days"] = int(entry["days"])
+        entries.append((label, entry))
+    if not entries:
+        raise _ca.CAError("the CSV file %s lists no device; nothing was issued" % path)
+    return entries
+
+
+def _batch_entries(module):
+    """[(label, request, bundle path)] from certs or certs_csv, every entry checked."""
+    p = module.params
+    if p["certs_csv"]:
+        labelled = _read_csv(p["certs_csv"])
+    else:
+        labelled = [("entry %d" % number, entry) for number, entry in enumerate(p["certs"] or [], 1)]
+        if not labelled:
+            raise _ca.CAError("certs is empty; nothing was issued")
+    out, paths = [], {}
+    for label, entry in labelled:
+        if not isinstance(entry, dict):
+            raise _ca.CAError("%s: expected a mapping with email, name and device; nothing was issued" % label)
+        label = "%s (%s / %s)" % (label, entry.get("email"), entry.get("device"))
+        unknown = sorted(set(entry) - set(BATCH_KEYS))
+        if unknown:
+            raise _ca.CAError("%s: unknown keys %s (allowed: %s); nothing was issued"
+                              % (label, ", ".join(unknown), ", ".join(BATCH_KEYS)))
+        req = dict((key, entry.get(key)) for key in BATCH_KEYS if key != "pkcs12_path")
+        for key in ("replace", "days", "key_type", "pkcs12_legacy", "relay_only"):
+            if req[key] is None:
+                req[key] = p[key]
+        try:
+            for key in ("email", "name", "device"):
+                if not isinstance(req[key], str) or not req[key]:
+                    raise _ca.CAError("%s is required" % key)
+            if isinstance(req["days"], bool) or not isinstance(req["days"], int) or not 1 <= req["days"] <= 825:
+                raise _ca.CAError("days must be between 1 and 825, got %r" % (req["days"],))
+            for key in ("replace", "pkcs12_legacy", "relay_only"):
+                if not isinstance(req[key], bool):
+                    raise _ca.CAError("%s must be true or false, got %r" % (key, req[key]))
+            email = _ca.validate_email(req["email"])
+            device = _ca.validate_device(req["device"])
+            path = entry.get("pkcs12_path")
+            if path is None:
+                if not p["pkcs12_dir"]:
+                    raise _ca.CAError("give pkcs12_dir (or pkcs12_path in every entry)")
+                path = os.path.join(p["pkcs12_dir"], "%s_%s.p12" % (email, device))
+            if not os.path.isabs(path):
+                raise _ca.CAError("pkcs12_path %s is not an absolute path" % path)
+            if path in paths:
+                raise _ca.CAError("bundle path %s is also the one of %s" % (path, paths[path]))
+            paths[path] = label
+            _check_bundle_path(path)
+        except _ca.CAError as exc:
+            raise _ca.CAError("%s: %s; nothing was issued" % (label, exc))
+        out.append((label, req, path))
+    return out
+
+
+def present_many(module, ca):
+    p = module.params
+    for opt in ("email", "name", "device", "pkcs12_path", "serial"):
+        if p[opt]:
+            raise _ca.CAError("%s is not used with certs or certs_csv (give it per entry)" % opt)
+    entries = _batch_entries(module)
+    if p["allowed_domains"] is None:
+        module.warn("allowed_domains is not set (hardened_mailhost_mail_domains unknown): the domains of "
+                    "the addresses were not checked against the domains this host serves")
+    requests = [req for _label, req, _path in entries]
+    plans = ca.plan_issue_many(requests, allowed_domains=p["allowed_domains"])
+    results = [dict(email=req["email"].lower(), device=req["device"], pkcs12_path=path,
+                    relay_only=req["relay_only"], replaced=[rec["serial"] for rec in plan])
+               for (_label, req, path), plan in zip(entries, plans)]
+    result = dict(changed=True, certificates=results)
+    if module._diff:
+        before = [rec for plan in plans for rec in plan]
+        result["diff"] = dict(before=_records_text(before),
+                              after="".join("- (new certificate) %s %s\n" % (r["email"], r["device"])
+                                            for r in results))
+    if module.check_mode:
+        return result
+    issued = ca.issue_many(requests, allowed_domains=p["allowed_domains"])
+    folders = set()
+    for out, cert in zip(results, issued):
+        folder = os.path.dirname(out["pkcs12_path"])
+        if folder not in folders and not os.path.isdir(folder):
+            os.makedirs(folder, 0o700)
+        folders.add(folder)
+        _fileutil.atomic_write(out["pkcs12_path"], cert.pkcs12_bytes, mode=0o600)
+        rec = cert.record
+        out.update(serial=cert.serial, fingerprint_sha256=cert.fingerprint, not_after=rec["not_after"],
+                   subject=rec["subject"], pkcs12_password=cert.pkcs12_password,
+                   replaced=[r["serial"] for r in cert.replaced])
+    if module._diff:
+        result["diff"]["after"] = _records_text([cert.record for cert in issued])
+    return result
+
+
 def revoked(module, ca):
     p = module.params
     if p["allowed_domains"] is not None or p["relay_only"]:
@@ -389,7 +584,11 @@ def main():
             pkcs12_legacy=dict(type="bool", default=False),
             allowed_domains=dict(type="list", elements="str"),
             relay_only=dict(type="bool", default=False),
+            certs=dict(type="list", elements="dict"),
+            certs_csv=dict(type="path"),
+            pkcs12_dir=dict(type="path"),
         ),
+        mutually_exclusive=[("certs", "certs_csv")],
         supports_check_mode=True,
     )
     if not _ca.HAS_CRYPTOGRAPHY:
@@ -397,7 +596,14 @@ def main():
                          exception=str(_ca.CRYPTOGRAPHY_IMPORT_ERROR))
     ca = _ca.CertificateAuthority(module.params["ca_dir"], module.params["passphrase"])
     try:
-        if module.params["state"] == "present":
+        batch = module.params["certs"] is not None or module.params["certs_csv"] is not None
+        if batch and module.params["state"] != "present":
+            raise _ca.CAError("certs and certs_csv are only used with state=present")
+        if batch:
+            result = present_many(module, ca)
+        elif module.params["pkcs12_dir"]:
+            raise _ca.CAError("pkcs12_dir is only used with certs or certs_csv")
+        elif module.params["state"] == "present":
             result = present(module, ca)
         else:
             result = revoked(module, ca)

@@ -284,3 +284,59 @@ def test_old_ca_keeps_working_and_the_role_re_encrypts_it(tmp_path):
     assert "INTEGER           :0927C0" in asn1  # 600,000 rounds
     assert playbook(tmp_path, "refresh_crl.yml", hardened_ca_passphrase=old_pass).returncode != 0
     assert playbook(tmp_path, "refresh_crl.yml", hardened_ca_passphrase=new_pass).returncode == 0
+
+
+def test_issue_cert_for_a_list_in_one_run(tmp_path):
+    """Onboarding: a list of devices, one module run; each bundle 0600 with its 0600 .pass;
+    no password in any callback record (jsonl); one bad entry -> nothing for anyone."""
+    devices = [dict(email="User%d@example.org" % i, name="User %d" % i, device="phone") for i in range(4)]
+    bad = devices + [dict(email="eve@example.org", name="Eve", device="my phone")]
+    refused = playbook(tmp_path, "issue_cert.yml", args=["--tags", "ca"], cert_devices=bad,
+                       cert_bundle_keep_seconds=0, hardened_mailhost_mail_domains=["example.org"])
+    assert refused.returncode != 0
+    assert "entry 5 (eve@example.org / my phone): device label 'my phone' is invalid" in refused.stdout
+    assert "nothing was issued" in refused.stdout
+    assert index_records(tmp_path) == {}
+    assert not bundle_dir_of(tmp_path).exists() or listing(bundle_dir_of(tmp_path)) == []
+
+    proc = playbook(tmp_path, "issue_cert.yml", args=["--tags", "ca"],
+                    env_extra={"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.jsonl"},
+                    cert_devices=devices, cert_bundle_keep_seconds=0,
+                    hardened_mailhost_mail_domains=["example.org"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    events = jsonl_events(proc)
+    issue_tasks = [e for e in events if e["_event"] == "v2_runner_on_ok"
+                   and e["task"]["name"].startswith("Issue every certificate")]
+    assert len(issue_tasks) == 1  # one module run for the whole list
+    recorded = proc.stdout + proc.stderr
+    folder = bundle_dir_of(tmp_path)
+    assert listing(folder) == sorted("user%d@example.org_phone.%s" % (i, ext) for i in range(4)
+                                     for ext in ("p12", "pass"))
+    for i in range(4):
+        bundle = folder / ("user%d@example.org_phone.p12" % i)
+        assert stat.S_IMODE(bundle.stat().st_mode) == 0o600
+        password = bundle_password(bundle)
+        assert password not in recorded
+    messages = [json.dumps(e["hosts"]) for e in events if e["_event"] == "v2_runner_on_ok"
+                and "Say where the bundles" in e["task"]["name"]]
+    assert messages and str(folder / "user3@example.org_phone.pass") in messages[0]
+    assert len(index_records(tmp_path)) == 4
+
+    removed = playbook(tmp_path, "issue_cert.yml", args=["--tags", "ca"], cert_devices=devices,
+                       cert_bundle_remove=True)
+    assert removed.returncode == 0, removed.stdout[-3000:]
+    assert listing(folder) == []
+
+
+def test_issue_cert_from_a_csv_file(tmp_path):
+    csv_file = tmp_path / "devices.csv"
+    csv_file.write_text("email,device,name\nann@example.org,phone,Ann Example\nbob@example.org,laptop,Bob\n")
+    proc = playbook(tmp_path, "issue_cert.yml", args=["--tags", "ca"], cert_devices_csv=str(csv_file),
+                    cert_bundle_keep_seconds=0, hardened_mailhost_mail_domains=["example.org"])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert sorted(index_records(tmp_path)) == [("ann@example.org", "phone"), ("bob@example.org", "laptop")]
+    for name in ("ann@example.org_phone.p12", "bob@example.org_laptop.p12"):
+        bundle_password(bundle_dir_of(tmp_path) / name)
+    mixed = playbook(tmp_path, "issue_cert.yml", args=["--tags", "ca"], cert_devices_csv=str(csv_file),
+                     cert_email="ann@example.org")
+    assert mixed.returncode != 0 and "Give either cert_devices" in mixed.stdout
