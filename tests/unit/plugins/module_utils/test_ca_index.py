@@ -376,3 +376,24 @@ def test_exports_module_edits_one_line():
     assert _ca_exports._line_start(data, "BB:02") == len(b"AA:01 a@example.org\n")
     assert _ca_exports._line_start(data, "01") is None  # only at a line start
     assert _ca_exports._line_start(data, "CC:09") is None
+
+
+def test_issue_and_revoke_read_no_full_list_of_records(ca, monkeypatch):
+    """The cost of one issue or revoke does not grow with the index: no code path of them
+    lists every record (the CRL lists the revoked ones, by its nature)."""
+    for number in range(5):
+        ca.issue("u%d@example.org" % number, "U", "phone")
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a full read of the index during one issue or revoke")
+    for name in ("all", "listed", "of_email", "next_map_change", "count"):
+        monkeypatch.setattr(_ca_index.Index, name, refuse)
+    monkeypatch.setattr(_ca_exports.Exports, "rebuild", refuse)
+    fresh = CertificateAuthority(ca.ca_dir, PASS)
+    fresh._key = ca._private_key()
+    issued = fresh.issue("new@example.org", "New", "phone")
+    fresh.issue("new@example.org", "New", "phone", replace=True)
+    fresh.revoke(("u1@example.org", "phone"))
+    assert issued.serial in fresh.crl_status()["revoked_serials"]
+    monkeypatch.undo()
+    assert_in_step(ca.ca_dir)
