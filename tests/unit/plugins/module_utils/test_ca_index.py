@@ -332,6 +332,11 @@ def test_an_issue_killed_at_any_point_leaves_the_ca_before_or_after_it(tmp_path)
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(10)
         assert proc.exitcode in (0, -signal.SIGKILL)
+        # Keep the kills spread over the whole issue on a machine whose load
+        # changes: longer waits after a run of early kills, shorter after
+        # issues that finished before the kill.
+        if proc.exitcode == 0:
+            span = max(span * 0.8, 0.002)
 
         conn = sqlite3.connect(os.path.join(folder, "index.sqlite3"))
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -342,6 +347,7 @@ def test_an_issue_killed_at_any_point_leaves_the_ca_before_or_after_it(tmp_path)
         assert len(new) <= 1
         if new:
             outcomes["after"] += 1
+            outcomes["streak"] = 0
             rec = new[0]
             assert rec["email"] == "k%03d@example.org" % (number // 3)
             assert all(rec[field] is not None for field in _ca_index.FIELDS
@@ -349,6 +355,10 @@ def test_an_issue_killed_at_any_point_leaves_the_ca_before_or_after_it(tmp_path)
             assert len(rec["fingerprint_sha256"]) == 95 and rec["state"] == "valid"
         else:
             outcomes["before"] += 1
+            early_streak = outcomes.get("streak", 0) + 1
+            outcomes["streak"] = early_streak
+            if early_streak >= 10:
+                span, outcomes["streak"] = min(span * 1.5, 2.0), 0
             assert strip(after_info) == strip(before_info)
         with open(reader.postfix_export_path) as handle:
             now_map = handle.read()
