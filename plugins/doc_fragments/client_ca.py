@@ -14,8 +14,10 @@ class ModuleDocFragment(object):
 options:
   ca_dir:
     description:
-      - Folder that holds the CA (C(ca.key), C(ca.crt), C(crl.pem), C(index.json) and
+      - Folder that holds the CA (C(ca.key), C(ca.crt), C(crl.pem), C(index.sqlite3) and
         C(export/)). Mode C(0700); every file in it is C(0600).
+      - An C(index.json) of earlier versions is converted on the first change and kept as
+        C(index.json.migrated).
       - On the controller by default (the playbooks use C(hardened_ca_dir)); in the
         C(ca) role's host mode it is the C(ca) user's folder on the host.
     type: path

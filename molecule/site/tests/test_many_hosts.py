@@ -23,6 +23,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import time
 import uuid
 
@@ -175,8 +176,10 @@ def test_three_issue_cert_runs_at_once_then_each_bundle_relays_on_its_host(ephem
         serials.add(parsed.serial_number)
         inst.bundle = {"cert": cert, "key": key, "device": device}
     assert len(serials) == 3
-    with open(os.path.join(ephemeral_dir, "ca", "index.json"), encoding="utf-8") as handle:
-        records = json.load(handle)["certificates"]
+    # The CA's own reader, from the installed copy the scenario runs.
+    sys.path.insert(0, os.environ["ANSIBLE_COLLECTIONS_PATH"].split(os.pathsep)[0])
+    from ansible_collections.hardened.mailhost.plugins.module_utils._ca import CertificateAuthority
+    records = CertificateAuthority(os.path.join(ephemeral_dir, "ca")).info()["certificates"]
     for _inst, device, _out, _rc in outputs:
         assert [r for r in records if r["device"] == device and r["email"] == "bob@example.test"], device
     # The password files are recorded in the bundle folder's ledger.
