@@ -14,7 +14,8 @@ log() { printf '==> %s\n' "$*"; }
 
 apt_packages=(podman runc debootstrap zstd python3-venv uidmap slirp4netns
     fuse-overlayfs db-util openssl git make
-    libpam-google-authenticator pamtester zbar-tools chromium chromium-driver)
+    libpam-google-authenticator pamtester zbar-tools chromium chromium-driver
+    nsd)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -24,6 +25,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# nsd is only a test tool (the DNS check's tests start their own on a high
+# port): on a machine with systemd its packaged service stays off.
+if [ -d /run/systemd/system ] && systemctl is-enabled --quiet nsd 2>/dev/null; then
+    systemctl disable --now nsd >/dev/null 2>&1 || true
 fi
 
 # Debian's own python3: its dbm.ndbm uses the same Berkeley DB as pam_userdb.
