@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Start a local Debian container as the default target, converge
-# playbooks/site.yml onto it (with the client CA on this machine), issue one
-# device certificate and print how to log in and how to send and read mail.
+# playbooks/site.yml onto it with the self-service certificate portal on (so
+# the client CA lives on the host, ca_mode: host), issue one device
+# certificate through the portal, and print how to log in, use the portal and
+# send and read mail.
 #   scripts/demo.sh            set up (first run: a few minutes) and converge
 #   scripts/demo.sh down       remove the demo container and its files
 # Environment: HM_DEMO_PLATFORM (debian12|debian13), ports on 127.0.0.1:
 # HM_DEMO_SSH_PORT (2222), HM_DEMO_SMTP_PORT (2525 -> 25),
-# HM_DEMO_SMTPS_PORT (4465 -> 465), HM_DEMO_IMAPS_PORT (9993 -> 993).
+# HM_DEMO_SMTPS_PORT (4465 -> 465), HM_DEMO_IMAPS_PORT (9993 -> 993),
+# HM_DEMO_HTTPS_PORT (8443 -> 443, the portal).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,7 +22,8 @@ ssh_port=${HM_DEMO_SSH_PORT:-2222}
 smtp_port=${HM_DEMO_SMTP_PORT:-2525}
 smtps_port=${HM_DEMO_SMTPS_PORT:-4465}
 imaps_port=${HM_DEMO_IMAPS_PORT:-9993}
-export HM_DEMO_SMTPS_PORT=$smtps_port HM_DEMO_IMAPS_PORT=$imaps_port
+https_port=${HM_DEMO_HTTPS_PORT:-8443}
+export HM_DEMO_SMTPS_PORT=$smtps_port HM_DEMO_IMAPS_PORT=$imaps_port HM_DEMO_HTTPS_PORT=$https_port
 demo_dir="$HM_CACHE_DIR/demo"
 secrets_dir="$demo_dir/secrets"
 
@@ -34,16 +38,18 @@ fi
 "$here/setup.sh"
 mkdir -p "$demo_dir" "$secrets_dir" && chmod 0700 "$demo_dir" "$secrets_dir"
 
-# A demo container from before the mail ports were published is replaced.
-if podman container exists "$name" && ! podman port "$name" 993/tcp >/dev/null 2>&1; then
+# A demo container from before the portal (port 443 not published, CA on
+# this machine) is replaced, with the bundles of its old CA.
+if podman container exists "$name" && ! podman port "$name" 443/tcp >/dev/null 2>&1; then
     podman rm -f "$name" >/dev/null
+    rm -rf "$secrets_dir/bundles"
 fi
 if ! podman container exists "$name"; then
     podman network exists "$name" || podman network create "$name" >/dev/null
     mkdir -p "$HM_CACHE_DIR/apt/demo/$platform/archives/partial" "$HM_CACHE_DIR/apt/demo/$platform/lists/partial"
     podman run -d --name "$name" --hostname mail.example.test --network "$name" \
         -p "127.0.0.1:$ssh_port:22" -p "127.0.0.1:$smtp_port:25" \
-        -p "127.0.0.1:$smtps_port:465" -p "127.0.0.1:$imaps_port:993" \
+        -p "127.0.0.1:$smtps_port:465" -p "127.0.0.1:$imaps_port:993" -p "127.0.0.1:$https_port:443" \
         -v "$HM_CACHE_DIR/apt/demo/$platform/archives:/var/cache/apt/archives:rw" \
         -v "$HM_CACHE_DIR/apt/demo/$platform/lists:/var/lib/apt/lists:rw" \
         "$HM_IMAGE_REPO:$platform" /lib/systemd/systemd >/dev/null
@@ -62,6 +68,17 @@ all:
     hardened_ca_passphrase: "{{ lookup('ansible.builtin.file', '$demo_dir/ca_passphrase') }}"
     ca_organization: hardened.mailhost demo
     hardened_mailhost_mail_domains: [example.test]
+    # The portal needs the CA on the host; site.yml copies its certificate
+    # and exports to $demo_dir/ca/host/$name/ for the postfix and dovecot roles.
+    ca_mode: host
+    cert_portal_enabled: true
+    cert_portal_server_name: mail.example.test
+    cert_portal_url: https://mail.example.test:$https_port/
+    cert_portal_users:
+      demo: {email: demo@example.test, name: Demo User, notify: demo@outside.example}
+    # demo@outside.example is the demo's mail sink in the container.
+    postfix_transport_maps:
+      - {domain: outside.example, nexthop: "smtp:[127.0.0.1]:2525"}
 mailhosts:
   hosts:
     $name:
@@ -86,19 +103,18 @@ ansible-playbook -i "$demo_dir/inventory.yml" "$HM_ROOT/scripts/demo-bootstrap.y
     -e hm_demo_dir="$demo_dir"
 ansible-playbook -i "$demo_dir/inventory.yml" "$HM_ROOT/playbooks/site.yml"
 
-# One device certificate for the demo user, issued by the operator's playbook
-# (the bundle stays until `down`; a rerun keeps it).
+podman cp "$name:/etc/ssl/hardened-mailhost/server.crt" "$demo_dir/server.crt"
+
+# One device certificate for the demo user, issued through the portal as the
+# user would (log in, one-time code from the outside mailbox, issue, download
+# once); the bundle stays until `down`, a rerun keeps it.
 bundles=$secrets_dir/bundles
 bundle=$bundles/demo@example.test_laptop.p12
 if [ ! -s "$bundle" ] || [ ! -s "${bundle%.p12}.pass" ]; then
     rm -f "$bundle" "${bundle%.p12}.pass"
-    # The playbook writes the password (never printed) to <bundle>.pass, 0600.
-    ansible-playbook -i "$demo_dir/inventory.yml" "$HM_ROOT/playbooks/issue_cert.yml" \
-        -e cert_email=demo@example.test -e "cert_name='Demo User'" -e cert_device=laptop \
-        -e cert_replace=true -e cert_bundle_keep_seconds=0 -e cert_bundle_dir="$bundles"
-    [ -s "${bundle%.p12}.pass" ] || { echo "the playbook wrote no bundle password" >&2; exit 1; }
+    # The password goes (never printed) to <bundle>.pass, 0600.
+    python3 "$HM_ROOT/scripts/demo-portal.py" issue --device laptop --bundle-dir "$bundles"
 fi
-podman cp "$name:/etc/ssl/hardened-mailhost/server.crt" "$demo_dir/server.crt"
 
 cat <<MSG
 
@@ -114,6 +130,12 @@ A password alone is refused:  ssh -p $ssh_port -o PreferredAuthentications=passw
 The administrator logs in with a key: ssh -p $ssh_port -i $demo_dir/admin_key root@127.0.0.1
 sudo asks demo for a PIN, not the password: $secrets_dir/sudo_pin/demo@$name.pin
 
+The certificate portal (log in as demo with the password above, then a one-time code):
+    https://mail.example.test:$https_port/   (add "127.0.0.1 mail.example.test" to /etc/hosts;
+    the browser warns about the demo's self-signed certificate: $demo_dir/server.crt)
+    one-time code mailed to demo@outside.example: scripts/demo-portal.py code
+    from the command line: scripts/demo-portal.py issue --device phone
+
 Mail for demo@example.test with the device certificate (no password anywhere):
     PKCS#12 bundle (import it in a mail app): $bundle
     its password:                             ${bundle%.p12}.pass
@@ -126,8 +148,6 @@ or send with curl:
       --resolve mail.example.test:$smtps_port:127.0.0.1 --cacert $demo_dir/server.crt \\
       --cert-type P12 --cert "$bundle:\$(cat ${bundle%.p12}.pass)" \\
       --mail-from demo@example.test --mail-rcpt demo@example.test -T -
-Revoke the device (then 465 and 993 refuse it):
-    . scripts/env.sh && ansible-playbook -i $demo_dir/inventory.yml playbooks/revoke_cert.yml \\
-      -e cert_email=demo@example.test -e cert_device=laptop
+Revoke the device on the portal's page (465 and 993 refuse it within seconds).
 Remove the demo: scripts/demo.sh down
 MSG

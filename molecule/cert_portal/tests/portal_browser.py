@@ -50,7 +50,15 @@ class Browser:
 
     # ------------------------------------------------------------ pages
     def open(self, path="/"):
-        self.driver.get(self.base_url + path)
+        """Load a page of the portal; a page that is not the portal's (an nginx
+        error while gunicorn is still starting, seen under heavy load) is loaded
+        again, three times at most, and then the test fails saying what came."""
+        for _attempt in range(3):
+            self.driver.get(self.base_url + path)
+            if self.finds("main"):
+                return
+            time.sleep(2)
+        raise AssertionError("%s is not a portal page: %s" % (path, self.text()[:300]))
 
     def find(self, css):
         return self.driver.find_element(By.CSS_SELECTOR, css)

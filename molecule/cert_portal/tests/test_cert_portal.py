@@ -300,6 +300,49 @@ def test_daily_crl_refresh_reaches_dovecot(instance, story):
     story["timings"]["crl_timer_to_dovecot_s"] = round(time.monotonic() - started, 2)
 
 
+def test_faillock_locks_the_portal_login_until_reset(instance, story):
+    """pam_faillock in the portal's own PAM service: after cert_portal_faillock_deny
+    wrong passwords even the right one is refused (same message, no code mailed)
+    until the operator resets the tally (docs/portal.md)."""
+    browser = story["new_browser"]("dave")
+    before = set(sink_files(instance))
+
+    def attempt(password):
+        browser.open("/")
+        browser.fill("#user", "dave")
+        browser.fill("#password", password)
+        browser.submit("button[type=submit]", wait_for="#error, #code")
+        return browser.text()
+
+    for _ in range(5):
+        assert "Wrong user name or password." in attempt("not-daves-password")
+    assert "Wrong user name or password." in attempt(story["passwords"]["dave"]), "a locked user got in"
+    time.sleep(1)
+    assert set(sink_files(instance)) == before, "a locked login must mail no code"
+    tally = instance.run("faillock", "--dir", "/var/lib/hm-cert-portal-helper/faillock", "--user", "dave").stdout
+    valid = [line for line in tally.splitlines() if line.rstrip().endswith(" V")]
+    assert len(valid) >= 5, tally
+    instance.run("faillock", "--dir", "/var/lib/hm-cert-portal-helper/faillock", "--user", "dave", "--reset")
+    assert "We mailed a one-time code to" in attempt(story["passwords"]["dave"])
+
+
+def test_allow_list_refuses_other_networks(instance):
+    """cert_portal_allow_networks lists the podman gateway (where the browser's
+    connections arrive) and loopback: a client on the container network's own
+    address is refused by nginx before the app sees it."""
+    own = instance.run("sh", "-c", "hostname -I").stdout.split()[0]
+    probe = (
+        "import ssl, urllib.request, urllib.error, sys\n"
+        "ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n"
+        "for url in sys.argv[1:]:\n"
+        "    try:\n"
+        "        print(urllib.request.urlopen(url, context=ctx, timeout=10).status)\n"
+        "    except urllib.error.HTTPError as exc:\n"
+        "        print(exc.code)\n")
+    out = instance.run("python3", "-c", probe, "https://%s/" % own, "https://127.0.0.1/").stdout.split()
+    assert out == ["403", "200"], out
+
+
 def test_report(instance, story, ephemeral_dir):
     """Timings and page weights for the note: printed (pytest -s) and kept in
     <ephemeral>/portal-report-<platform>.json and /tmp/portal-shots/."""
