@@ -47,6 +47,9 @@ def main(eph):
             "alice@example.test", "Alice", "old-laptop",
             not_before=now - datetime.timedelta(days=30), not_after=now - datetime.timedelta(days=1)),
         "alice-foreign": lambda: foreign.issue("alice@example.test", "Alice", "laptop"),
+        # The sender guard's tests (test_sender_guard.py): two devices of one user.
+        "carol-phone": lambda: ours.issue("carol@example.test", "Carol", "phone"),
+        "carol-tablet": lambda: ours.issue("carol@example.test", "Carol", "tablet"),
     }
     made = []
     for name, issue in wanted.items():

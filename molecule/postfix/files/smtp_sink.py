@@ -6,6 +6,10 @@ domain ``sink.test`` here through a transport map entry, so a verifier proves
 delivery by reading the files. Each message becomes ``<DIR>/<time>-<n>.eml``
 with ``X-Sink-Mail-From`` / ``X-Sink-Rcpt-To`` lines in front. Standard
 library only (Python 3.13 has no smtpd module). Test tool, not for production.
+
+Recipients whose local part starts with ``bounce`` are refused with 550 (Postfix
+bounces the message), those starting with ``defer`` with 451 (the message stays
+in Postfix's queue): the sender guard's tests need both.
 """
 
 import os
@@ -42,8 +46,15 @@ class Session(socketserver.StreamRequestHandler):
                 sender, rcpts = cmd[10:].strip(), []
                 self.reply("250 2.1.0 Ok")
             elif cmd.upper().startswith("RCPT TO:"):
-                rcpts.append(cmd[8:].strip())
-                self.reply("250 2.1.5 Ok")
+                rcpt = cmd[8:].strip()
+                local = rcpt.strip("<>").lower()
+                if local.startswith("bounce"):
+                    self.reply("550 5.1.1 No such user here (test sink)")
+                elif local.startswith("defer"):
+                    self.reply("451 4.3.0 Try again later (test sink)")
+                else:
+                    rcpts.append(rcpt)
+                    self.reply("250 2.1.5 Ok")
             elif verb == "DATA":
                 if sender is None or not rcpts:
                     self.reply("503 5.5.1 Error: need MAIL and RCPT")

@@ -25,6 +25,22 @@ decided by ``permit_tls_clientcerts``/``permit_sasl_authenticated``/``reject``.
 The map file is read again whenever its modification time changes. A missing
 or unreadable map is answered with ``DEFER`` (fail closed, temporary).
 
+Postfix also asks it at the end of every message on 465/587
+(``smtpd_end_of_data_restrictions``, after the quota check), when the queue ID
+exists: it then logs one line naming the identity that sent the message,
+under the syslog name ``postfix/hm-identity`` (the abuse alarm,
+``hm_sender_guard``, reads these lines)::
+
+    <queue ID>: identity=cert:<SHA-256 fingerprint> address=<email> client=<address>
+    <queue ID>: identity=login:<SASL login> client=<address>
+
+(For an app password the SASL login Postfix sees is the user name Dovecot
+returns after checking ``<user>+<device>``, so the device is not in it.)
+
+A certificate wins over a login when a session has both (Postfix checked
+both). The map argument may be ``-`` when no certificate relays (app
+passwords only): then every certificate is unknown.
+
 Runs on Python 3.8+ with the standard library only.
 """
 
@@ -69,6 +85,32 @@ def decide(attrs, certs):
     return "DUNNO"
 
 
+def identity(attrs, certs):
+    """The identity line for an END-OF-MESSAGE request, or None for other stages."""
+    if attrs.get("protocol_state", "").upper() != "END-OF-MESSAGE":
+        return None
+    queue_id = attrs.get("queue_id", "").strip() or "NOQUEUE"
+    client = attrs.get("client_address", "").strip() or "-"
+    fingerprint = attrs.get("ccert_fingerprint", "").strip().upper()
+    login = attrs.get("sasl_username", "").strip()
+    if fingerprint and fingerprint in certs and attrs.get("ccert_subject"):
+        return "%s: identity=cert:%s address=%s client=%s" % (queue_id, fingerprint, certs[fingerprint], client)
+    if login:
+        # A login name never holds white space (Dovecot refuses it); keep the line one token each.
+        return "%s: identity=login:%s client=%s" % (queue_id, re.sub(r"\s", "?", login), client)
+    return "%s: identity=none client=%s" % (queue_id, client)
+
+
+class NoMap:
+    """Stands for the map when no certificate relays."""
+
+    path = "-"
+
+    @staticmethod
+    def certs():
+        return {}
+
+
 class MapFile:
     """The map file, parsed again only when its mtime or size changes."""
 
@@ -87,7 +129,7 @@ class MapFile:
         return self._certs
 
 
-def serve(instream, outstream, mapfile, log=None):
+def serve(instream, outstream, mapfile, log=None, log_identity=None):
     """Answer requests until EOF; returns the number of requests answered."""
     attrs = {}
     answered = 0
@@ -99,7 +141,11 @@ def serve(instream, outstream, mapfile, log=None):
                 attrs[name] = value
             continue
         try:
-            action = decide(attrs, mapfile.certs())
+            certs = mapfile.certs()
+            action = decide(attrs, certs)
+            line = identity(attrs, certs)
+            if line and log_identity and action == "DUNNO":
+                log_identity(line)
         except (OSError, ValueError) as exc:
             if log:
                 log("client certificate map %s: %s" % (mapfile.path, exc))
@@ -119,12 +165,16 @@ def main(argv):
     # spawn(8) connects stdout (and stderr) to smtpd: log through syslog only.
     import syslog
 
-    syslog.openlog("postfix/ccert_sender_policy", 0, syslog.LOG_MAIL)
-
     def log(message):
+        syslog.openlog("postfix/ccert_sender_policy", 0, syslog.LOG_MAIL)
         syslog.syslog(syslog.LOG_WARNING, message)
 
-    serve(sys.stdin, sys.stdout, MapFile(argv[1]), log)
+    def log_identity(message):
+        syslog.openlog("postfix/hm-identity", 0, syslog.LOG_MAIL)
+        syslog.syslog(syslog.LOG_INFO, message)
+
+    mapfile = NoMap() if argv[1] == "-" else MapFile(argv[1])
+    serve(sys.stdin, sys.stdout, mapfile, log, log_identity)
     return 0
 
 

@@ -119,3 +119,59 @@ def test_serve_defers_when_the_map_is_missing_or_damaged(tmp_path, text):
 def test_main_needs_the_map_argument(capsys):
     assert policy.main(["policy"]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+# ------------------------------------------------- the identity line (issue 14)
+
+def eod(**attrs):
+    base = {"protocol_state": "END-OF-MESSAGE", "queue_id": "4F2A1B", "client_address": "10.0.0.9"}
+    base.update(attrs)
+    return base
+
+
+def test_identity_of_a_listed_certificate_names_fingerprint_and_address():
+    attrs = eod(ccert_fingerprint=FP_A.lower(), ccert_subject="alice@example.test", sasl_username="alice+phone")
+    assert policy.identity(attrs, CERTS) == (
+        "4F2A1B: identity=cert:%s address=alice@example.test client=10.0.0.9" % FP_A)
+
+
+def test_identity_of_an_app_password_is_the_login():
+    assert policy.identity(eod(sasl_username="bob+phone"), CERTS) == \
+        "4F2A1B: identity=login:bob+phone client=10.0.0.9"
+
+
+def test_identity_of_an_unlisted_or_untrusted_certificate_falls_back_to_the_login():
+    unlisted = eod(ccert_fingerprint=":".join(["11"] * 32), ccert_subject="x@example.test", sasl_username="bob+pc")
+    untrusted = eod(ccert_fingerprint=FP_A, sasl_username="bob+pc")
+    assert "identity=login:bob+pc " in policy.identity(unlisted, CERTS)
+    assert "identity=login:bob+pc " in policy.identity(untrusted, CERTS)
+    assert "identity=none" in policy.identity(eod(), CERTS)
+
+
+def test_identity_is_logged_only_at_the_end_of_a_message():
+    assert policy.identity({"protocol_state": "RCPT", "sasl_username": "bob+pc"}, CERTS) is None
+
+
+def test_serve_logs_one_identity_line_per_accepted_message(tmp_path):
+    path = tmp_path / "map"
+    path.write_text(MAP)
+    stdin = io.StringIO(
+        request(protocol_state="MAIL", ccert_fingerprint=FP_A, ccert_subject="alice@example.test",
+                sender="alice@example.test")
+        + request(protocol_state="END-OF-MESSAGE", queue_id="ABC123", ccert_fingerprint=FP_A,
+                  ccert_subject="alice@example.test", sender="alice@example.test")
+        + request(protocol_state="END-OF-MESSAGE", queue_id="DEF456", ccert_fingerprint=FP_A,
+                  ccert_subject="alice@example.test", sender="bob@example.test"))
+    stdout, lines = io.StringIO(), []
+    policy.serve(stdin, stdout, policy.MapFile(str(path)), log_identity=lines.append)
+    # The third message is refused (wrong sender): no identity line for it.
+    assert lines == ["ABC123: identity=cert:%s address=alice@example.test client=-" % FP_A]
+
+
+def test_serve_without_a_map_logs_logins():
+    stdin = io.StringIO(request(protocol_state="END-OF-MESSAGE", queue_id="Q1", sasl_username="bob+phone",
+                                ccert_fingerprint=FP_A, ccert_subject="alice@example.test"))
+    stdout, lines = io.StringIO(), []
+    policy.serve(stdin, stdout, policy.NoMap(), log_identity=lines.append)
+    assert stdout.getvalue() == "action=DUNNO\n\n"
+    assert lines == ["Q1: identity=login:bob+phone client=-"]

@@ -1,0 +1,195 @@
+"""Leaked-credential containment on 465/587 (issue 14), through the real Postfix.
+
+The identity line with the queue ID, the per-identity quota (postfwd, 450
+4.7.1), the abuse alarm (hm-sender-guard.timer, every 10 s in this scenario)
+suspending a certificate over its quota and an app password over its bounces,
+the administrator's report at the sink, held mail, and the suspend/resume
+playbooks. The sink refuses ``bounce*`` recipients (550) and defers
+``defer*`` (451). Each platform runs the tests in this order.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from hmtest import smtp
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+SINK_DIR = "/var/tmp/hm-sink"
+GUARD = "/usr/local/sbin/hm-sender-guard"
+
+
+def token():
+    return uuid.uuid4().hex[:16]
+
+
+def cert_files(ephemeral_dir, name):
+    base = os.path.join(ephemeral_dir, "clients", name)
+    return base + ".crt", base + ".key"
+
+
+def fingerprint(ephemeral_dir, name):
+    with open(cert_files(ephemeral_dir, name)[0], "rb") as handle:
+        der = x509.load_pem_x509_certificate(handle.read()).public_bytes(Encoding.DER)
+    return ":".join("%02X" % b for b in hashlib.sha256(der).digest())
+
+
+def app_password(ephemeral_dir, instance, user):
+    with open(os.path.join(ephemeral_dir, "app-%s-%s-phone" % (instance.name, user)), encoding="utf-8") as handle:
+        return handle.read().strip()
+
+
+def send_cert(instance, ephemeral_dir, device, rcpt, tok):
+    cert, key = cert_files(ephemeral_dir, device)
+    return smtp.attempt(instance.port(465), "carol@example.test", rcpt, tok, implicit_tls=True, cert=cert, key=key)
+
+
+def send_login(instance, ephemeral_dir, user, rcpt, tok):
+    login = ("%s+phone" % user, app_password(ephemeral_dir, instance, user))
+    return smtp.attempt(instance.port(587), "%s@example.test" % user, rcpt, tok, starttls=True, login=login)
+
+
+def sink_file(instance, tok):
+    proc = instance.run("grep", "-rlF", tok, SINK_DIR, check=False)
+    return proc.stdout.split()[0] if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+def sink_text(instance, tok):
+    name = sink_file(instance, tok)
+    return instance.run("cat", name).stdout if name else ""
+
+
+def status(instance):
+    return json.loads(instance.run(GUARD, "status").stdout)
+
+
+def queue(instance):
+    out = instance.run("postqueue", "-j").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def run_playbook(instance, tmp_path, name, *extra, expect_ok=True):
+    mailhosts = tmp_path / "mailhosts.yml"
+    mailhosts.write_text("mailhosts:\n  hosts:\n    %s: {}\n" % instance.name)
+    env = dict(os.environ)
+    env["ANSIBLE_COLLECTIONS_PATH"] = os.path.join(ROOT, ".collections")
+    env["ANSIBLE_ROLES_PATH"] = os.path.join(ROOT, "roles")
+    env.setdefault("ANSIBLE_CONFIG", os.path.join(ROOT, "ansible.cfg"))
+    # One line per message: the assertions read the playbook's own words.
+    env["ANSIBLE_CALLBACK_RESULT_FORMAT"] = "json"
+    proc = subprocess.run(
+        [shutil.which("ansible-playbook") or "ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+         "-i", str(mailhosts), "--limit", instance.name, os.path.join(ROOT, "playbooks", name), *extra],
+        env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert (proc.returncode == 0) == expect_ok, proc.stdout[-3000:] + proc.stderr[-2000:]
+    return proc.stdout + proc.stderr
+
+
+def changed_count(output):
+    return int(re.search(r"changed=(\d+)", output.rpartition("PLAY RECAP")[2]).group(1))
+
+
+# ------------------------------------------------------------------ tests
+
+def test_identity_line_carries_the_queue_id_of_each_relayed_message(instance, ephemeral_dir):
+    tok_cert, tok_login = token(), token()
+    assert send_cert(instance, ephemeral_dir, "carol-tablet", "friend@sink.test", tok_cert).stage == "sent"
+    assert send_login(instance, ephemeral_dir, "bob", "friend@sink.test", tok_login).stage == "sent"
+    assert smtp.wait_for(lambda: sink_file(instance, tok_cert) and sink_file(instance, tok_login), timeout=30)
+    journal = instance.run("journalctl", "-q", "--no-pager", "-o", "cat", "-t", "postfix/hm-identity").stdout
+    for tok, identity in ((tok_cert, "cert:%s address=carol@example.test" % fingerprint(ephemeral_dir, "carol-tablet")),
+                          (tok_login, "login:bob")):
+        # Postfix's own Received: header names the queue ID the message had here.
+        queue_id = re.search(r"\(Postfix\) with E?SMTPS?A? id ([0-9A-F]+)", sink_text(instance, tok)).group(1)
+        assert "%s: identity=%s client=" % (queue_id, identity) in journal, journal[-2000:]
+
+
+def test_quota_defers_a_certificate_and_bounces_pile_up_for_an_app_password(instance, ephemeral_dir):
+    # carol's quota is 4 messages an hour per device; carol-tablet sent one already.
+    outcomes = [send_cert(instance, ephemeral_dir, "carol-phone", rcpt, token())
+                for rcpt in ("defer-1@sink.test", "defer-2@sink.test", "ok-1@sink.test", "ok-2@sink.test",
+                             "ok-3@sink.test", "ok-4@sink.test")]
+    assert [o.stage for o in outcomes[:4]] == ["sent"] * 4, outcomes
+    for out in outcomes[4:]:
+        assert out.stage == "data" and out.code == 450 and "quota" in out.text, out
+    # dave's app password on 587: three accepted messages the sink refuses.
+    for n in range(3):
+        out = send_login(instance, ephemeral_dir, "dave", "bounce-%d@sink.test" % n, token())
+        assert out.stage == "sent", out
+
+
+def test_alarm_suspends_both_identities_holds_and_reports(instance, ephemeral_dir):
+    cert_id = "cert:" + fingerprint(ephemeral_dir, "carol-phone")
+    wanted = {cert_id, "login:dave"}
+    assert smtp.wait_for(lambda: wanted <= set(status(instance)["state"]["suspended"]), timeout=90, step=2), \
+        status(instance)
+    suspended = status(instance)["state"]["suspended"]
+    assert "quota exceeded" in suspended[cert_id]["reasons"][0]
+    assert "bounced" in suspended["login:dave"]["reasons"][0]
+    # New mail from both identities is refused (at RCPT: smtpd_delay_reject).
+    out = send_cert(instance, ephemeral_dir, "carol-phone", "ok-5@sink.test", token())
+    assert out.stage in ("mail", "rcpt") and out.code == 554 and "suspended" in out.text, out
+    out = send_login(instance, ephemeral_dir, "dave", "ok@sink.test", token())
+    assert out.stage in ("mail", "rcpt") and out.code == 554, out
+    # carol-phone's deferred mail is on hold, nothing was deleted.
+    held = [m for m in queue(instance) if m["sender"] == "carol@example.test"]
+    assert sorted(m["queue_name"] for m in held) == ["hold", "hold"], held
+    # Another device of the same user and another user still send.
+    tok_tablet, tok_bob = token(), token()
+    assert send_cert(instance, ephemeral_dir, "carol-tablet", "friend@sink.test", tok_tablet).stage == "sent"
+    assert send_login(instance, ephemeral_dir, "bob", "friend@sink.test", tok_bob).stage == "sent"
+    assert smtp.wait_for(lambda: sink_file(instance, tok_tablet) and sink_file(instance, tok_bob), timeout=30)
+    # The administrator's reports, one per identity.
+    reports = instance.run("grep", "-rlF", "sender suspended:", SINK_DIR, check=False).stdout.split()
+    texts = [instance.run("cat", name).stdout for name in reports]
+    assert len(texts) == 2, texts
+    cert_report = next(t for t in texts if cert_id in t)
+    assert "guard-admin@sink.test" in cert_report and "carol@example.test" in cert_report
+    assert "put on hold: 2 message(s)" in cert_report and "resume_sender -e mail_user=carol" in cert_report
+    assert "sink.test: 3" in next(t for t in texts if "login:dave" in t)
+    metrics = instance.run("cat", "/var/lib/hm-sender-guard/metrics.prom").stdout
+    assert 'hm_sender_guard_bounced{identity="login:dave",address=""} 3' in metrics
+
+
+def test_unknown_user_is_refused_and_nothing_changes(instance, tmp_path):
+    before = status(instance)
+    output = run_playbook(instance, tmp_path, "suspend_sender.yml", "-e", "mail_user=mallory", expect_ok=False)
+    assert "unknown mail user 'mallory'" in output
+    assert status(instance) == before
+
+
+def test_resume_playbook_lifts_the_alarm_and_releases_held_mail(instance, ephemeral_dir, tmp_path):
+    output = run_playbook(instance, tmp_path, "resume_sender.yml", "-e", "mail_user=carol")
+    assert "1 suspension(s) lifted; 2 held message(s) released" in output
+    assert [m["queue_name"] for m in queue(instance) if m["sender"] == "carol@example.test"
+            and m["queue_name"] == "hold"] == []
+    tok = token()
+    # The quota still counts this hour: carol-phone is refused with 4xx, not suspended again.
+    out = send_cert(instance, ephemeral_dir, "carol-phone", "friend@sink.test", tok)
+    assert out.stage == "data" and out.code == 450, out
+    out = send_login(instance, ephemeral_dir, "dave", "friend@sink.test", token())
+    assert out.stage in ("mail", "rcpt") and out.code == 554, out
+
+
+def test_suspend_playbook_purges_and_a_second_run_changes_nothing(instance, ephemeral_dir, tmp_path):
+    output = run_playbook(instance, tmp_path, "suspend_sender.yml", "-e", "mail_user=carol", "-e", "purge=true")
+    assert "carol: suspended (2 certificate(s), every app password); 0 queued message(s) held, 2 deleted" in output
+    assert [m for m in queue(instance) if m["sender"] == "carol@example.test"] == []
+    out = send_cert(instance, ephemeral_dir, "carol-tablet", "friend@sink.test", token())
+    assert out.stage in ("mail", "rcpt") and out.code == 554, out
+    again = run_playbook(instance, tmp_path, "suspend_sender.yml", "-e", "mail_user=carol", "-e", "purge=true")
+    assert "carol: already suspended" in again and changed_count(again) == 0
+    # The same resume on the host (the playbook's was proven above).
+    assert json.loads(instance.run(GUARD, "resume", "--user", "carol").stdout)["removed"]
+    tok = token()
+    assert send_cert(instance, ephemeral_dir, "carol-tablet", "friend@sink.test", tok).stage == "sent"
+    assert smtp.wait_for(lambda: sink_file(instance, tok), timeout=30)
