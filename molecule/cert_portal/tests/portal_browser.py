@@ -8,7 +8,7 @@ import shutil
 import time
 
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
@@ -107,9 +107,19 @@ class Browser:
                         break
                     raise
                 time.sleep(0.5)
-        wait.until(lambda _driver: self._gone(old))
-        if wait_for:
-            wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, wait_for)))
+        try:
+            wait.until(lambda _driver: self._gone(old))
+            if wait_for:
+                wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, wait_for)))
+        except TimeoutException:
+            # Say which page came instead (and keep a picture of it).
+            try:
+                self.shoot("unexpected-page")
+            except WebDriverException:
+                pass
+            raise AssertionError("after %s: no %s within %d s; page %r at %s: %s" % (
+                css, wait_for or "new page", timeout, self.driver.title, self.driver.current_url,
+                self.driver.find_element(By.TAG_NAME, "body").text[:400]))
 
     def weigh(self, name):
         """Bytes the page cost: the HTML document plus its resources (as sent, and decoded)."""
