@@ -20,6 +20,12 @@ SHOTS_COPY = "/tmp/portal-shots"
 SINK = "/var/tmp/hm-sink"
 
 
+class NetworkChanged(AssertionError):
+    """Chromium dropped the request: podman added or removed a network
+    interface on this machine (another scenario's containers starting or
+    stopping) while it was in flight, and Chromium showed ERR_NETWORK_CHANGED."""
+
+
 class Browser:
     """One browser profile (its own cookies and download folder)."""
 
@@ -112,6 +118,8 @@ class Browser:
             if wait_for:
                 wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, wait_for)))
         except TimeoutException:
+            if "ERR_NETWORK_CHANGED" in self.find("body").text:
+                raise NetworkChanged("after %s: ERR_NETWORK_CHANGED" % css) from None
             # Say which page came instead (and keep a picture of it).
             try:
                 self.shoot("unexpected-page")
@@ -175,3 +183,22 @@ def wait_code(instance, rcpt, seen, timeout=60):
                 return match.group(1), text
         time.sleep(0.3)
     raise AssertionError("no code mail for %s within %d s" % (rcpt, timeout))
+
+
+def login_attempt(browser, user, password, wait_for="#error, #code", tries=3):
+    """Submit the login form once and return the page text. A request that
+    Chromium dropped because the machine's interfaces changed (NetworkChanged)
+    is made again from a fresh login page: a password attempt that never
+    reached the portal is not an attempt, and one that did only adds one more
+    failure, which the callers' assertions allow."""
+    for attempt in range(tries):
+        browser.open("/")
+        browser.fill("#user", user)
+        browser.fill("#password", password)
+        try:
+            browser.submit("button[type=submit]", wait_for=wait_for)
+            return browser.text()
+        except NetworkChanged:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")

@@ -14,7 +14,7 @@ import time
 import uuid
 
 import pytest
-from portal_browser import Browser, sink_files, wait_code
+from portal_browser import Browser, login_attempt, sink_files, wait_code
 
 from hmtest import imap, smtp
 from hmtest.mailbox import pkcs12_to_pem, wait_in_inbox
@@ -200,11 +200,7 @@ def test_wrong_password_unknown_user_and_non_portal_user(instance, story):
     before = set(sink_files(instance))
     for user, password in (("alice", "not-alices-password"), ("mallory", "whatever"),
                            ("carol", story["passwords"]["carol"])):
-        browser.open("/")
-        browser.fill("#user", user)
-        browser.fill("#password", password)
-        browser.submit("button[type=submit]", wait_for="#error")
-        assert "Wrong user name or password." in browser.text()
+        assert "Wrong user name or password." in login_attempt(browser, user, password, wait_for="#error")
     browser.shoot("10-wrong-password")
     time.sleep(1)
     assert set(sink_files(instance)) == before, "a refused login must mail no code"
@@ -308,11 +304,7 @@ def test_faillock_locks_the_portal_login_until_reset(instance, story):
     before = set(sink_files(instance))
 
     def attempt(password):
-        browser.open("/")
-        browser.fill("#user", "dave")
-        browser.fill("#password", password)
-        browser.submit("button[type=submit]", wait_for="#error, #code")
-        return browser.text()
+        return login_attempt(browser, "dave", password)
 
     for _ in range(5):
         assert "Wrong user name or password." in attempt("not-daves-password")
