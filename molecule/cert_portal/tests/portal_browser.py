@@ -118,7 +118,8 @@ class Browser:
             if wait_for:
                 wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, wait_for)))
         except TimeoutException:
-            if "ERR_NETWORK_CHANGED" in self.find("body").text:
+            page = self.text()
+            if "ERR_NETWORK_CHANGED" in page:
                 raise NetworkChanged("after %s: ERR_NETWORK_CHANGED" % css) from None
             # Say which page came instead (and keep a picture of it).
             try:
@@ -126,8 +127,7 @@ class Browser:
             except WebDriverException:
                 pass
             raise AssertionError("after %s: no %s within %d s; page %r at %s: %s" % (
-                css, wait_for or "new page", timeout, self.driver.title, self.driver.current_url,
-                self.driver.find_element(By.TAG_NAME, "body").text[:400]))
+                css, wait_for or "new page", timeout, self.driver.title, self.driver.current_url, page[:400]))
 
     def weigh(self, name):
         """Bytes the page cost: the HTML document plus its resources (as sent, and decoded)."""
@@ -201,4 +201,3 @@ def login_attempt(browser, user, password, wait_for="#error, #code", tries=3):
         except NetworkChanged:
             if attempt == tries - 1:
                 raise
-    raise AssertionError("unreachable")
