@@ -87,3 +87,74 @@ def test_ansible_doc_renders(module):
     assert "hardened.mailhost.%s" % module in proc.stdout
     assert "ERROR" not in proc.stderr and "WARNING" not in proc.stderr, proc.stderr
     assert "no_log: true" in proc.stdout
+
+
+# ------------------------------------------------------------ list form (codes:)
+
+def _entries(count, codes=True):
+    entries, secrets = [], []
+    for index in range(count):
+        secret = _totp.generate_secret()
+        secrets.append(secret)
+        entry = {"uri": _totp.build_uri(secret, "mail.example.org", "u%d@mail" % index), "name": "u%d@mail1" % index}
+        if codes:
+            entry["scratch_codes"] = ["%08d" % (10000000 + index)]
+        entries.append(entry)
+    return entries, secrets
+
+
+def test_list_form_writes_every_entry_in_one_run_without_secrets(tmp_path):
+    dest = str(tmp_path / "out")
+    entries, secrets = _entries(3)
+    entries[2].pop("scratch_codes")
+    result, output = run_module(tmp_path, codes=entries, dest=dest, owner="mail1")
+    assert result["changed"] and [c["name"] for c in result["codes"]] == ["u0@mail1", "u1@mail1", "u2@mail1"]
+    assert all(c["changed"] for c in result["codes"])
+    names = sorted(os.listdir(dest))
+    assert names == sorted(["u0@mail1.png", "u0@mail1.svg", "u0@mail1-recovery.txt",
+                            "u1@mail1.png", "u1@mail1.svg", "u1@mail1-recovery.txt",
+                            "u2@mail1.png", "u2@mail1.svg", ".owners"])
+    assert all(stat.S_IMODE(os.stat(os.path.join(dest, n)).st_mode) == 0o600 for n in names)
+    assert len(result["files"]) == 8
+    for value in secrets + [e["uri"] for e in entries] + ["10000000", "10000001"]:
+        assert value not in output
+    again, _output = run_module(tmp_path, codes=entries, dest=dest, owner="mail1")
+    assert again["changed"] is False and not any(c["changed"] for c in again["codes"])
+    # An empty list changes nothing.
+    empty, _output = run_module(tmp_path, codes=[], dest=str(tmp_path / "none"), owner="mail1")
+    assert empty["changed"] is False and empty["codes"] == [] and not os.path.exists(str(tmp_path / "none"))
+
+
+def test_list_form_one_bad_entry_names_it_and_writes_nothing(tmp_path):
+    dest = str(tmp_path / "out")
+    entries, _secrets = _entries(3)
+    entries[1]["uri"] = "otpauth://hotp/nope?secret=AAAA"
+    result, output = run_module(tmp_path, codes=entries, dest=dest, owner="mail1")
+    assert result["failed"] and "codes[1] (u1@mail1)" in result["msg"] and "nothing was written" in result["msg"]
+    assert not os.path.exists(dest)
+    # A file of another host in the way of the last entry: refused, the first ones not written either.
+    os.makedirs(dest, mode=0o700)
+    entries, _secrets = _entries(3)
+    first, _output = run_module(tmp_path, codes=[entries[2]], dest=dest, owner="mail2")
+    assert first["changed"]
+    result, _output = run_module(tmp_path, codes=entries, dest=dest, owner="mail1")
+    assert result["failed"] and "codes[2] (u2@mail1)" in result["msg"] and "belongs to mail2" in result["msg"]
+    assert sorted(n for n in os.listdir(dest) if not n.startswith(".")) == \
+        ["u2@mail1-recovery.txt", "u2@mail1.png", "u2@mail1.svg"]
+    # Two entries with one name: refused before anything.
+    entries, _secrets = _entries(2)
+    entries[1]["name"] = entries[0]["name"]
+    result, _output = run_module(tmp_path, codes=entries, dest=str(tmp_path / "dup"), owner="mail1")
+    assert result["failed"] and "u0@mail1 given twice" in result["msg"]
+    assert not os.path.exists(str(tmp_path / "dup"))
+
+
+def test_list_form_check_mode_and_exclusive_options(tmp_path):
+    dest = str(tmp_path / "out")
+    entries, _secrets = _entries(2)
+    result, _output = run_module(tmp_path, check=True, codes=entries, dest=dest, owner="mail1")
+    assert result["changed"] and all(c["changed"] for c in result["codes"]) and not os.path.exists(dest)
+    result, _output = run_module(tmp_path, codes=entries, uri=entries[0]["uri"], name="x", dest=dest, owner="mail1")
+    assert result["failed"] and "mutually exclusive" in result["msg"]
+    result, _output = run_module(tmp_path, dest=dest, owner="mail1")
+    assert result["failed"] and "one of the following is required" in result["msg"]
