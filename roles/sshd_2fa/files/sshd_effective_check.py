@@ -248,6 +248,107 @@ def parse_dump(text):
     return settings
 
 
+# Match criteria sshd evaluates; only User and Group depend on the user.
+KNOWN_CRITERIA = ("all", "user", "group", "host", "address", "localaddress", "localport", "rdomain")
+
+
+def match_criteria(files):
+    """The User/Group criteria of every Match line sshd reads, as a list (one
+    entry per Match line) of [(criterion, pattern list)]; None when a Match
+    line has anything this reader does not know (a criterion, a negation,
+    quotes, brackets), so that every user is then probed."""
+    out = []
+    for _path, text in files:
+        for _number, key, value in _logical_lines(text):
+            if key != "match":
+                continue
+            if any(ch in value for ch in "\"'[]\\"):
+                return None
+            words = value.split()
+            found = []
+            index = 0
+            while index < len(words):
+                name = words[index].lower()
+                if name == "all":
+                    index += 1
+                    continue
+                if name not in KNOWN_CRITERIA or index + 1 >= len(words):
+                    return None
+                if name in ("user", "group"):
+                    found.append((name, words[index + 1]))
+                index += 2
+            out.append(found)
+    return out
+
+
+def pattern_list_answer(string, patterns):
+    """sshd's pattern-list rule: -1 when a negated pattern matches, 1 when a
+    positive one does (and no negated one), else 0."""
+    positive = False
+    for pattern in patterns.split(","):
+        negated = pattern.startswith("!")
+        if fnmatch.fnmatchcase(string, pattern[1:] if negated else pattern):
+            if negated:
+                return -1
+            positive = True
+    return 1 if positive else 0
+
+
+def pattern_list_matches(string, patterns):
+    """Whether ``Match User <patterns>`` matches ``string``."""
+    return pattern_list_answer(string, patterns) == 1
+
+
+def groups_match(groups, patterns):
+    """Whether ``Match Group <patterns>`` matches a user in ``groups``: a group
+    that a negated pattern matches refuses, else any positive match matches."""
+    answers = [pattern_list_answer(group, patterns) for group in groups]
+    return -1 not in answers and 1 in answers
+
+
+def user_groups(user):
+    """Names of the user's groups (primary and supplementary); empty for an unknown user."""
+    import grp
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return set()
+    names = set()
+    for group in grp.getgrall():
+        if group.gr_gid == entry.pw_gid or user in group.gr_mem:
+            names.add(group.gr_name)
+    return names
+
+
+def user_classes(users, criteria, request):
+    """Users that sshd treats alike, as lists in first-seen order. Two users
+    are alike when every Match line's User and Group criteria give the same
+    answer for both and the role expects the same of both (code user, key-only
+    user, the connecting user); the made-up user is always probed on its own.
+    Without a usable reading of the Match lines, every user is its own class."""
+    if criteria is None:
+        return [[user] for user in users]
+    need_groups = any(name == "group" for line in criteria for name, _patterns in line)
+    classes = {}
+    order = []
+    for user in users:
+        groups = user_groups(user) if need_groups else set()
+        answers = tuple(
+            tuple(pattern_list_matches(user, patterns) if name == "user"
+                  else groups_match(groups, patterns)
+                  for name, patterns in line)
+            for line in criteria)
+        want = expectations(request, user)
+        key = (user if user == MADE_UP_USER else "", want["key_only"], want["connecting"], answers)
+        if key not in classes:
+            classes[key] = []
+            order.append(key)
+        classes[key].append(user)
+    return [classes[key] for key in order]
+
+
 def run_probes(request):
     sshd = request.get("sshd") or "/usr/sbin/sshd"
     main_path = request.get("main_config") or os.path.join(SSHDIR, "sshd_config")
@@ -289,7 +390,13 @@ def run_probes(request):
         grouped = {}
         order = []
         not_first = []
-        for user in users:
+        # One probe per class of users sshd treats alike (a hundred users
+        # without Match blocks naming them cost what one does); what a
+        # probe finds is reported for every user of its class.
+        classes = user_classes(users, match_criteria(files), request)
+        probe_count = 0
+        for members in classes:
+            user = members[0]
             for address in addresses:
                 spec = "user=%s,host=%s,addr=%s,lport=%s" % (user, address, address, request.get("port", 22))
                 proc = subprocess.run([sshd, "-T", "-f", config, "-C", spec],
@@ -298,6 +405,7 @@ def run_probes(request):
                 if proc.returncode != 0:
                     return {"problems": ["sshd -T failed for %s: %s" % (spec, proc.stderr.strip())],
                             "probes": 0, "sshd": True}
+                probe_count += 1
                 settings = parse_dump(proc.stdout)
                 if user == MADE_UP_USER and address == OUTSIDE_ADDRESSES[0]:
                     first = request.get("expect_first") or {}
@@ -308,7 +416,7 @@ def run_probes(request):
                     if marker not in grouped:
                         grouped[marker] = []
                         order.append(marker)
-                    grouped[marker].append("%s from %s" % (user, address))
+                    grouped[marker].extend((member, address) for member in members)
         problems = []
         if not_first:
             problems.append(
@@ -317,12 +425,15 @@ def run_probes(request):
                 % (", ".join(not_first), main_path))
         for key, value, wanted in order:
             places = match_settings(files, key, shown_as) or ["no Match block found; check %s" % main_path]
-            probes = grouped[(key, value, wanted)]
+            # In the order of the users, then of the addresses.
+            rank = {user: index for index, user in enumerate(users)}
+            probes = ["%s from %s" % pair for pair in sorted(
+                grouped[(key, value, wanted)], key=lambda pair: (rank[pair[0]], addresses.index(pair[1])))]
             shown = ", ".join(probes[:6]) + (" and %d more" % (len(probes) - 6) if len(probes) > 6 else "")
             problems.append(
                 "sshd would use '%s %s' (wanted %s) for %s, set in %s." % (
                     key, value, wanted, shown, "; ".join(places)))
-        return {"problems": problems, "probes": len(users) * len(addresses), "sshd": True}
+        return {"problems": problems, "probes": probe_count, "users": len(users), "sshd": True}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -139,3 +139,89 @@ def test_without_sshd_only_the_networks_are_checked(monkeypatch, capsys):
     assert check.main(io.StringIO(json.dumps(request))) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["sshd"] is False and len(result["problems"]) == 1
+
+
+# ------------------------------------------------------------ one probe per class of users
+
+FAKE_SSHD = """#!/usr/bin/env python3
+import os, sys
+spec = sys.argv[sys.argv.index("-C") + 1]
+user = dict(part.split("=", 1) for part in spec.split(","))["user"]
+with open(os.environ["FAKE_SSHD_LOG"], "a") as log:
+    log.write(user + "\\n")
+settings = %r
+if user in os.environ.get("FAKE_SSHD_WEAK", "").split(","):
+    settings["authenticationmethods"] = "password"
+print("\\n".join("%%s %%s" %% item for item in settings.items()))
+""" % HARDENED
+
+
+def probe_run(tmp_path, monkeypatch, main_text, users, weak=(), groups=None):
+    sshd = tmp_path / "sshd"
+    sshd.write_text(FAKE_SSHD)
+    sshd.chmod(0o755)
+    log = tmp_path / "probes.log"
+    log.write_text("")
+    config = tmp_path / "sshd_config"
+    config.write_text(main_text)
+    monkeypatch.setenv("FAKE_SSHD_LOG", str(log))
+    monkeypatch.setenv("FAKE_SSHD_WEAK", ",".join(weak))
+    if groups is not None:
+        monkeypatch.setattr(check, "user_groups", lambda user: set(groups.get(user, ())))
+    result = check.run_probes({"sshd": str(sshd), "main_config": str(config), "users": users,
+                               "mode": "key_or_totp_password", "port": 22})
+    return result, log.read_text().split()
+
+
+def test_users_sshd_treats_alike_are_probed_once(tmp_path, monkeypatch):
+    users = ["u%03d" % n for n in range(1, 101)]
+    result, probed = probe_run(tmp_path, monkeypatch, "UsePAM yes\n", users)
+    assert result["problems"] == [] and result["users"] == 101
+    # The made-up user and one of the hundred, from each of the two outside addresses.
+    assert result["probes"] == 4 and sorted(set(probed)) == [check.MADE_UP_USER, "u001"]
+
+
+def test_a_match_user_block_gets_its_own_probe_and_names_only_its_users(tmp_path, monkeypatch):
+    main = "UsePAM yes\nMatch User carol,e*,!eve\n  AuthenticationMethods password\nMatch all\n"
+    users = ["alice", "bob", "carol", "dave", "erin", "eve"]
+    result, probed = probe_run(tmp_path, monkeypatch, main, users, weak=["carol", "erin"])
+    # Classes: the made-up user, {alice, bob, dave, eve}, {carol, erin}.
+    assert result["probes"] == 6 and sorted(set(probed)) == sorted([check.MADE_UP_USER, "alice", "carol"])
+    assert len(result["problems"]) == 1
+    problem = result["problems"][0]
+    assert "'authenticationmethods password'" in problem
+    for name in ("carol from 192.0.2.1", "erin from 192.0.2.1", "carol from 2001:db8::1"):
+        assert name in problem
+    for name in ("alice", "bob", "dave", "eve "):
+        assert name not in problem.split(", set in")[0]
+
+
+def test_a_match_group_block_separates_the_groups_members(tmp_path, monkeypatch):
+    main = "Match Group weak,!staff\n  AuthenticationMethods password\n"
+    users = ["alice", "bob", "dave"]
+    groups = {"alice": ["alice"], "bob": ["bob", "weak", "staff"], "dave": ["dave", "weak"]}
+    result, probed = probe_run(tmp_path, monkeypatch, main, users, weak=["dave"], groups=groups)
+    # bob is in staff too, so the negation leaves him with alice; dave alone.
+    assert result["probes"] == 6 and sorted(set(probed)) == sorted([check.MADE_UP_USER, "alice", "dave"])
+    assert len(result["problems"]) == 1 and "dave from" in result["problems"][0]
+    assert "bob" not in result["problems"][0]
+
+
+@pytest.mark.parametrize("match_line", ['Match User "a b"', "Match User a[bc]", "Match !User alice",
+                                        "Match Invalid-User"])
+def test_match_lines_this_reader_does_not_know_probe_every_user(tmp_path, monkeypatch, match_line):
+    users = ["alice", "bob", "carol"]
+    result, probed = probe_run(tmp_path, monkeypatch, match_line + "\n  X11Forwarding no\n", users,
+                               weak=["bob"])
+    assert result["probes"] == 8 and sorted(set(probed)) == sorted([check.MADE_UP_USER] + users)
+    assert len(result["problems"]) == 1 and "bob from" in result["problems"][0]
+    assert "alice" not in result["problems"][0]
+
+
+def test_pattern_lists_follow_sshd():
+    assert check.pattern_list_matches("alice", "alice")
+    assert check.pattern_list_matches("alice", "bob,a*")
+    assert not check.pattern_list_matches("alice", "a*,!alice")
+    assert not check.pattern_list_matches("alice", "!bob")  # a negation alone never matches
+    assert check.pattern_list_matches("u042", "u0??")
+    assert not check.pattern_list_matches("Alice", "alice")
