@@ -22,8 +22,13 @@ fingerprints, valid for 120 days; the CRL row's are revoked) written as an
 new code converts on its first (untimed) change; issuing 10,000 real
 certificates would only measure signing.
 
+4. with --users N: the converge rows (one host with N users against one with
+   1 user, first and no-change converge of site.yml) and the revocation row
+   (revoke_cert.yml start to refusal on 465 and 993), by the sibling script
+   ``benchmarks/many_users.py`` (systemd-booted containers; see its doc).
+
     . scripts/env.sh && python benchmarks/scale.py [--before REF] [--rounds 7]
-        [--devices 100] [--separate 10] [--skip-playbook]
+        [--devices 100] [--separate 10] [--skip-playbook] [--users 100 [--users-before REF]]
 """
 
 import argparse
@@ -208,6 +213,11 @@ def main():
     parser.add_argument("--separate", type=int, default=10,
                         help="single-device runs actually timed (1-100); the rest is extrapolated")
     parser.add_argument("--skip-playbook", action="store_true")
+    parser.add_argument("--users", type=int, default=0, metavar="N",
+                        help="also run the converge and revocation rows (benchmarks/many_users.py: two "
+                             "containers, one host with N users against one with 1; about 30-60 min)")
+    parser.add_argument("--users-before", default=None, metavar="REF",
+                        help="with --users: the before figure of the no-change row from the collection of REF")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -255,6 +265,13 @@ def main():
         print("%-44s %12s %11.1fx   >= 20x: %s" % ("  separate / one run", "1.0x", ratio, "met" if met else "NOT met"))
         print("  (one run per device: %d runs timed, mean x %d; every bundle and .pass file checked 0600)"
               % (timed_runs, args.devices))
+    if args.users:
+        # The converge rows need systemd-booted containers: a sibling script.
+        cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "many_users.py"), "-n", str(args.users), "--revoke"]
+        if args.users_before:
+            cmd += ["--before", args.users_before]
+        print("\n" + " ".join(cmd), flush=True)
+        ok = subprocess.run(cmd, cwd=ROOT, timeout=6000, check=False).returncode == 0 and ok
     return 0 if ok else 1
 
 
