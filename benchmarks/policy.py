@@ -421,8 +421,19 @@ for pid in os.listdir("/proc"):
                else "smtpd" if cmd.startswith("smtpd") else None)
         if key:
             groups[key] += ticks(pid)
-with open("/sys/fs/cgroup/cpu.stat") as handle:
-    usage = dict(line.split() for line in handle)["usage_usec"]
+usage = None
+for path, scale in (("/sys/fs/cgroup/cpu.stat", None), ("/sys/fs/cgroup/cpuacct/cpuacct.usage", 1000),
+                    ("/sys/fs/cgroup/cpu,cpuacct/cpuacct.usage", 1000)):
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except OSError:
+        continue
+    usage = int(dict(line.split() for line in text.splitlines())["usage_usec"]) if scale is None else int(text) // scale
+    break
+if usage is None:
+    # No cgroup file in sight: every live process of the container (ended ones are not counted).
+    usage = sum(ticks(pid) for pid in os.listdir("/proc") if pid.isdigit()) * 1000000 // os.sysconf("SC_CLK_TCK")
 print(usage, groups["postfwd"], groups["policy_py"], groups["smtpd"], os.sysconf("SC_CLK_TCK"))
 """
 
