@@ -155,7 +155,9 @@ _DOVEADM_MANY = """
 import concurrent.futures, json, subprocess, sys
 cases = json.load(sys.stdin)
 def attempt(case):
-    proc = subprocess.run(["doveadm", "auth", "test", "-a", "%s", case[0], case[1]],
+    # As smtpd asks (service smtp), unless the case names another service.
+    service = case[2] if len(case) > 2 else "smtp"
+    proc = subprocess.run(["doveadm", "auth", "test", "-a", "%s", "-x", "service=" + service, case[0], case[1]],
                           capture_output=True, text=True)
     return [proc.returncode, proc.stdout + proc.stderr]
 with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:
@@ -339,21 +341,29 @@ def test_imap_mode(instance, pki, server_pem, imaps, cert_required):
 
 def test_app_password_on_the_postfix_sasl_socket(instance, pki):
     """Postfix's view: <user>+<device> as before, or with a served domain, and the SASL user
-    is the Linux account. Refused: another domain, a wrong password or device, the Linux
-    login password."""
+    is the device's login (lower case, no domain), so Postfix can tell the devices apart;
+    any other service continues as the Linux account. Refused: another domain, a wrong
+    password or device, the Linux login password."""
     right = app_password(pki, instance, "phone")
     accepted = [[login, right] for login in ("alice+phone", "alice+phone@example.test",
                                              "ALICE+PHONE@Example.ORG")]
+    others = [["alice+phone", right, service] for service in ("imap", "doveadm")]
     refused = [[login, right] for login in ("alice+phone@other.example", "alice+phone@mail.example.test",
                                             "alice+phone@example.test@other.example", "alice+laptop",
                                             "alice", "bob+phone")]
     refused += [["alice+phone", right + "x"], ["alice", "Linux-Login-Pass-1"]]
-    results = doveadm_auth_many(instance, accepted + refused)
+    results = doveadm_auth_many(instance, accepted + refused + others)
     for (login, _password), (returncode, output) in zip(accepted, results[:len(accepted)]):
         assert returncode == 0 and "auth succeeded" in output, (login, output)
-        assert "user=alice" in output, (login, output)  # Postfix sees the Linux account
-    for (login, _password), (returncode, output) in zip(refused, results[len(accepted):]):
+        assert re.search(r"^\s*user=alice\+phone$", output, re.M), (login, output)  # the device
+    for (login, _password), (returncode, output) in zip(refused, results[len(accepted):len(accepted) + len(refused)]):
         assert returncode != 0 and "auth failed" in output, (login, output)
+    # IMAP (refused in certificate-required mode, without a certificate) and doveadm: never the device.
+    for (_login, _password, service), (returncode, output) in zip(others, results[len(accepted) + len(refused):]):
+        assert not re.search(r"^\s*user=alice\+phone$", output, re.M), (service, output)
+        if returncode == 0:
+            assert re.search(r"^\s*user=alice$", output, re.M), (service, output)
+    assert results[-1][0] == 0, results[-1]  # doveadm needs no certificate
 
 
 def test_removed_app_password_is_refused(instance, server_pem, imaps):

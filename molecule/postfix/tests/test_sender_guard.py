@@ -2,9 +2,11 @@
 
 The identity line with the queue ID, the per-identity quota (postfwd, 450
 4.7.1), the abuse alarm (hm-sender-guard.timer, every 10 s in this scenario)
-suspending a certificate over its quota and an app password over its bounces,
-the administrator's report at the sink, held mail, and the suspend/resume
-playbooks. The sink refuses ``bounce*`` recipients (550) and defers
+suspending a certificate over its quota and an app password (one device:
+``dave+phone``, while ``dave+tablet`` still sends) over its bounces, the
+administrator's report at the sink, held mail, and the suspend/resume
+playbooks (resume releases only what the guard held; --check changes
+nothing). The sink refuses ``bounce*`` recipients (550) and defers
 ``defer*`` (451). Each platform runs the tests in this order.
 """
 
@@ -43,8 +45,8 @@ def fingerprint(ephemeral_dir, name):
     return ":".join("%02X" % b for b in hashlib.sha256(der).digest())
 
 
-def app_password(ephemeral_dir, instance, user):
-    with open(os.path.join(ephemeral_dir, "app-%s-%s-phone" % (instance.name, user)), encoding="utf-8") as handle:
+def app_password(ephemeral_dir, instance, user, device="phone"):
+    with open(os.path.join(ephemeral_dir, "app-%s-%s-%s" % (instance.name, user, device)), encoding="utf-8") as handle:
         return handle.read().strip()
 
 
@@ -53,8 +55,8 @@ def send_cert(instance, ephemeral_dir, device, rcpt, tok):
     return smtp.attempt(instance.port(465), "carol@example.test", rcpt, tok, implicit_tls=True, cert=cert, key=key)
 
 
-def send_login(instance, ephemeral_dir, user, rcpt, tok):
-    login = ("%s+phone" % user, app_password(ephemeral_dir, instance, user))
+def send_login(instance, ephemeral_dir, user, rcpt, tok, device="phone"):
+    login = ("%s+%s" % (user, device), app_password(ephemeral_dir, instance, user, device))
     return smtp.attempt(instance.port(587), "%s@example.test" % user, rcpt, tok, starttls=True, login=login)
 
 
@@ -107,7 +109,7 @@ def test_identity_line_carries_the_queue_id_of_each_relayed_message(instance, ep
     assert smtp.wait_for(lambda: sink_file(instance, tok_cert) and sink_file(instance, tok_login), timeout=30)
     journal = instance.run("journalctl", "-q", "--no-pager", "-o", "cat", "-t", "postfix/hm-identity").stdout
     for tok, identity in ((tok_cert, "cert:%s address=carol@example.test" % fingerprint(ephemeral_dir, "carol-tablet")),
-                          (tok_login, "login:bob")):
+                          (tok_login, "login:bob+phone")):
         # Postfix's own Received: header names the queue ID the message had here.
         queue_id = re.search(r"\(Postfix\) with E?SMTPS?A? id ([0-9A-F]+)", sink_text(instance, tok)).group(1)
         assert "%s: identity=%s client=" % (queue_id, identity) in journal, journal[-2000:]
@@ -129,12 +131,14 @@ def test_quota_defers_a_certificate_and_bounces_pile_up_for_an_app_password(inst
 
 def test_alarm_suspends_both_identities_holds_and_reports(instance, ephemeral_dir):
     cert_id = "cert:" + fingerprint(ephemeral_dir, "carol-phone")
-    wanted = {cert_id, "login:dave"}
+    wanted = {cert_id, "login:dave+phone"}
     assert smtp.wait_for(lambda: wanted <= set(status(instance)["state"]["suspended"]), timeout=90, step=2), \
         status(instance)
     suspended = status(instance)["state"]["suspended"]
     assert "quota exceeded" in suspended[cert_id]["reasons"][0]
-    assert "bounced" in suspended["login:dave"]["reasons"][0]
+    assert "bounced" in suspended["login:dave+phone"]["reasons"][0]
+    # The alarm suspended one device: the login map names it, not the user.
+    assert list(status(instance)["maps"]["suspended_sasl"]) == ["dave+phone"]
     # New mail from both identities is refused (at RCPT: smtpd_delay_reject).
     out = send_cert(instance, ephemeral_dir, "carol-phone", "ok-5@sink.test", token())
     assert out.stage in ("mail", "rcpt") and out.code == 554 and "suspended" in out.text, out
@@ -143,11 +147,14 @@ def test_alarm_suspends_both_identities_holds_and_reports(instance, ephemeral_di
     # carol-phone's deferred mail is on hold, nothing was deleted.
     held = [m for m in queue(instance) if m["sender"] == "carol@example.test"]
     assert sorted(m["queue_name"] for m in held) == ["hold", "hold"], held
-    # Another device of the same user and another user still send.
-    tok_tablet, tok_bob = token(), token()
+    # Another device of the same user (a certificate, an app password) and another user still send.
+    tok_tablet, tok_bob, tok_dave = token(), token(), token()
     assert send_cert(instance, ephemeral_dir, "carol-tablet", "friend@sink.test", tok_tablet).stage == "sent"
     assert send_login(instance, ephemeral_dir, "bob", "friend@sink.test", tok_bob).stage == "sent"
-    assert smtp.wait_for(lambda: sink_file(instance, tok_tablet) and sink_file(instance, tok_bob), timeout=30)
+    out = send_login(instance, ephemeral_dir, "dave", "friend@sink.test", tok_dave, device="tablet")
+    assert out.stage == "sent", out
+    assert smtp.wait_for(lambda: sink_file(instance, tok_tablet) and sink_file(instance, tok_bob)
+                         and sink_file(instance, tok_dave), timeout=30)
     # The administrator's reports, one per identity.
     reports = instance.run("grep", "-rlF", "sender suspended:", SINK_DIR, check=False).stdout.split()
     texts = [instance.run("cat", name).stdout for name in reports]
@@ -155,9 +162,9 @@ def test_alarm_suspends_both_identities_holds_and_reports(instance, ephemeral_di
     cert_report = next(t for t in texts if cert_id in t)
     assert "guard-admin@sink.test" in cert_report and "carol@example.test" in cert_report
     assert "put on hold: 2 message(s)" in cert_report and "resume_sender -e mail_user=carol" in cert_report
-    assert "sink.test: 3" in next(t for t in texts if "login:dave" in t)
+    assert "sink.test: 3" in next(t for t in texts if "login:dave+phone" in t)
     metrics = instance.run("cat", "/var/lib/hm-sender-guard/metrics.prom").stdout
-    assert 'hm_sender_guard_bounced{identity="login:dave",address=""} 3' in metrics
+    assert 'hm_sender_guard_bounced{identity="login:dave+phone",address=""} 3' in metrics
 
 
 def test_unknown_user_is_refused_and_nothing_changes(instance, tmp_path):
@@ -167,11 +174,18 @@ def test_unknown_user_is_refused_and_nothing_changes(instance, tmp_path):
     assert status(instance) == before
 
 
-def test_resume_playbook_lifts_the_alarm_and_releases_held_mail(instance, ephemeral_dir, tmp_path):
+def test_resume_playbook_lifts_the_alarm_and_releases_only_what_the_guard_held(instance, ephemeral_dir, tmp_path):
+    # One more of carol's messages, deferred by the sink and put on hold by hand (another reason).
+    tok = token()
+    assert send_cert(instance, ephemeral_dir, "carol-tablet", "defer-by-hand@sink.test", tok).stage == "sent"
+    assert smtp.wait_for(lambda: [m for m in queue(instance) if m["recipients"][0]["address"] == "defer-by-hand@sink.test"
+                                  and m["queue_name"] == "deferred"], timeout=60, step=2), queue(instance)
+    by_hand = next(m["queue_id"] for m in queue(instance) if m["recipients"][0]["address"] == "defer-by-hand@sink.test")
+    instance.run("postsuper", "-h", by_hand)
     output = run_playbook(instance, tmp_path, "resume_sender.yml", "-e", "mail_user=carol")
     assert "1 suspension(s) lifted; 2 held message(s) released" in output
-    assert [m["queue_name"] for m in queue(instance) if m["sender"] == "carol@example.test"
-            and m["queue_name"] == "hold"] == []
+    assert [m["queue_id"] for m in queue(instance) if m["sender"] == "carol@example.test"
+            and m["queue_name"] == "hold"] == [by_hand]
     tok = token()
     # The quota still counts this hour: carol-phone is refused with 4xx, not suspended again.
     out = send_cert(instance, ephemeral_dir, "carol-phone", "friend@sink.test", tok)
@@ -180,9 +194,22 @@ def test_resume_playbook_lifts_the_alarm_and_releases_held_mail(instance, epheme
     assert out.stage in ("mail", "rcpt") and out.code == 554, out
 
 
+def test_suspend_playbook_in_check_mode_changes_nothing(instance, tmp_path):
+    before_status, before_queue = status(instance), queue(instance)
+    maps_before = instance.run("sh", "-c", "ls -l --time-style=+%s.%N /etc/postfix/hardened/suspended_*").stdout
+    output = run_playbook(instance, tmp_path, "suspend_sender.yml", "-e", "mail_user=carol", "--check")
+    assert "carol: suspended" in output and changed_count(output) == 1
+    assert status(instance) == before_status
+    # Same messages, the same ones on hold (deferred mail may move to active and back meanwhile).
+    assert sorted((m["queue_id"], m["queue_name"] == "hold") for m in queue(instance)) == \
+        sorted((m["queue_id"], m["queue_name"] == "hold") for m in before_queue)
+    assert instance.run("sh", "-c", "ls -l --time-style=+%s.%N /etc/postfix/hardened/suspended_*").stdout == maps_before
+
+
 def test_suspend_playbook_purges_and_a_second_run_changes_nothing(instance, ephemeral_dir, tmp_path):
     output = run_playbook(instance, tmp_path, "suspend_sender.yml", "-e", "mail_user=carol", "-e", "purge=true")
-    assert "carol: suspended (2 certificate(s), every app password); 0 queued message(s) held, 2 deleted" in output
+    # The two the resume released and the one held by hand.
+    assert "carol: suspended (2 certificate(s), every app password); 0 queued message(s) held, 3 deleted" in output
     assert [m for m in queue(instance) if m["sender"] == "carol@example.test"] == []
     out = send_cert(instance, ephemeral_dir, "carol-tablet", "friend@sink.test", token())
     assert out.stage in ("mail", "rcpt") and out.code == 554, out

@@ -34,14 +34,26 @@ under the syslog name ``postfix/hm-identity`` (the abuse alarm,
     <queue ID>: identity=cert:<SHA-256 fingerprint> address=<email> client=<address>
     <queue ID>: identity=login:<SASL login> client=<address>
 
-(For an app password the SASL login Postfix sees is the user name Dovecot
-returns after checking ``<user>+<device>``, so the device is not in it.)
+(For an app password the SASL login Postfix sees is the device's own login,
+``<user>+<device>``: the dovecot role hands it back unchanged to Postfix, so
+quotas, the identity line, the alarm and a suspension name one device.)
+
+With a second argument, the role's ``sender_login.regexp`` (the table the
+header From milter reads), it also binds an app-password login to its user's
+addresses, in place of Postfix's ``reject_authenticated_sender_login_mismatch``
+(which compares the login with the table's owners exactly and so cannot know
+that ``alice+phone`` is one of alice's devices): a login ``<user>+<device>``
+owns what the table gives ``<user>``; anything else is refused with the
+reply Postfix gives (``553 5.7.1 <sender>: Sender address rejected: not
+owned by user <login>``). A null sender is left to the next restriction,
+as Postfix does.
 
 A certificate wins over a login when a session has both (Postfix checked
 both). The map argument may be ``-`` when no certificate relays (app
 passwords only): then every certificate is unknown.
 
-Runs on Python 3.8+ with the standard library only.
+Runs on Python 3.8+ with the standard library only (and the sender login
+table parser of the header From milter, installed beside it).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -49,6 +61,11 @@ from __future__ import absolute_import, division, print_function
 import os
 import re
 import sys
+
+# The header From milter's package lives beside this file on the host
+# (both are installed whenever 465/587 are): one parser of the sender login table.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hm_header_from.tables import lookup_owners, parse_regexp_map  # noqa: E402  pylint: disable=wrong-import-position
 
 FINGERPRINT_RE = re.compile(r"^[0-9A-F]{2}(?::[0-9A-F]{2}){31}$")
 
@@ -85,6 +102,24 @@ def decide(attrs, certs):
     return "DUNNO"
 
 
+def login_account(login):
+    """``alice`` for ``alice+phone``, ``alice@example.org`` for ``alice+phone@example.org`` (lower case)."""
+    local, at, domain = login.strip().lower().partition("@")
+    return local.partition("+")[0] + at + domain
+
+
+def decide_login(attrs, rules):
+    """Policy action for the SASL login's claim on MAIL FROM (``rules``: the sender login table, or None)."""
+    login = attrs.get("sasl_username", "").strip()
+    sender = attrs.get("sender", "").strip()
+    if rules is None or not login or not sender:
+        return "DUNNO"
+    owners = lookup_owners(rules, sender)
+    if login.lower() in owners or login_account(login) in owners:
+        return "DUNNO"
+    return "553 5.7.1 not owned by user %s" % re.sub(r"\s", "?", login)
+
+
 def identity(attrs, certs):
     """The identity line for an END-OF-MESSAGE request, or None for other stages."""
     if attrs.get("protocol_state", "").upper() != "END-OF-MESSAGE":
@@ -111,6 +146,34 @@ class NoMap:
         return {}
 
 
+class NoLoginMap:
+    """Stands for the sender login table when no app password relays."""
+
+    path = "-"
+
+    @staticmethod
+    def rules():
+        return None
+
+
+class LoginMapFile:
+    """The role's ``sender_login.regexp``, parsed again only when it changes."""
+
+    def __init__(self, path):
+        self.path = path
+        self._sig = None
+        self._rules = None
+
+    def rules(self):
+        st = os.stat(self.path)
+        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if sig != self._sig:
+            with open(self.path, encoding="utf-8") as handle:
+                self._rules = parse_regexp_map(handle.read())
+            self._sig = sig
+        return self._rules
+
+
 class MapFile:
     """The map file, parsed again only when its mtime or size changes."""
 
@@ -129,8 +192,9 @@ class MapFile:
         return self._certs
 
 
-def serve(instream, outstream, mapfile, log=None, log_identity=None):
+def serve(instream, outstream, mapfile, log=None, log_identity=None, loginmap=None):
     """Answer requests until EOF; returns the number of requests answered."""
+    loginmap = loginmap or NoLoginMap()
     attrs = {}
     answered = 0
     for raw in instream:
@@ -140,16 +204,22 @@ def serve(instream, outstream, mapfile, log=None, log_identity=None):
             if sep:
                 attrs[name] = value
             continue
+        current = mapfile
         try:
             certs = mapfile.certs()
             action = decide(attrs, certs)
+            if action == "DUNNO":
+                current = loginmap
+                action = decide_login(attrs, loginmap.rules())
             line = identity(attrs, certs)
             if line and log_identity and action == "DUNNO":
                 log_identity(line)
         except (OSError, ValueError) as exc:
             if log:
-                log("client certificate map %s: %s" % (mapfile.path, exc))
-            action = "DEFER 4.3.5 Client certificate map unavailable"
+                log("%s %s: %s" % ("client certificate map" if current is mapfile else "sender login map",
+                                   current.path, exc))
+            action = ("DEFER 4.3.5 Client certificate map unavailable" if current is mapfile
+                      else "DEFER 4.3.5 Sender login map unavailable")
         outstream.write("action=%s\n\n" % action)
         outstream.flush()
         answered += 1
@@ -158,8 +228,8 @@ def serve(instream, outstream, mapfile, log=None, log_identity=None):
 
 
 def main(argv):
-    if len(argv) != 2:
-        sys.stderr.write("usage: %s MAP_FILE\n" % argv[0])
+    if len(argv) not in (2, 3):
+        sys.stderr.write("usage: %s MAP_FILE [SENDER_LOGIN_MAP]\n" % argv[0])
         return 2
 
     # spawn(8) connects stdout (and stderr) to smtpd: log through syslog only.
@@ -174,7 +244,8 @@ def main(argv):
         syslog.syslog(syslog.LOG_INFO, message)
 
     mapfile = NoMap() if argv[1] == "-" else MapFile(argv[1])
-    serve(sys.stdin, sys.stdout, mapfile, log, log_identity)
+    loginmap = LoginMapFile(argv[2]) if len(argv) == 3 else NoLoginMap()
+    serve(sys.stdin, sys.stdout, mapfile, log, log_identity, loginmap)
     return 0
 
 

@@ -4,8 +4,8 @@
 """Header From: binding for authenticated submissions (a milter for Postfix).
 
 Postfix binds the envelope sender (MAIL FROM) to the authenticated identity:
-``reject_authenticated_sender_login_mismatch`` for app-password (SASL) users and
-the ``ccert_sender_policy`` service for client certificates. Neither looks at
+the ``ccert_sender_policy`` service, for client certificates and for
+app-password (SASL) logins (``<user>+<device>`` owns what ``<user>`` owns). Neither looks at
 the message header, so a device could still show anyone in ``From:``. This
 package makes the same decision for the header, from the same maps:
 

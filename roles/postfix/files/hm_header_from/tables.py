@@ -118,7 +118,10 @@ class Tables:
         return address.lower() in self._certs.value()
 
     def sasl_owns(self, login, address):
-        """True when the sender login map gives ``login`` as an owner of ``address``."""
+        """True when the sender login map gives ``login``, or the user of the
+        device login ``<user>+<device>``, as an owner of ``address``."""
         if self._logins is None:
             return False
-        return login.lower() in lookup_owners(self._logins.value(), address)
+        owners = lookup_owners(self._logins.value(), address)
+        local, at, domain = login.strip().lower().partition("@")
+        return login.lower() in owners or (local.partition("+")[0] + at + domain) in owners

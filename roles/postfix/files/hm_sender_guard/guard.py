@@ -188,7 +188,9 @@ class Guard(object):
                                         "by": "alarm"}
         mine = [m["queue_id"] for m in queue
                 if queue_ids.get(m["queue_id"], ("",))[0] == identity and m["queue_name"] != "hold"]
-        return self.postsuper("-h", mine)
+        held = self.postsuper("-h", mine)
+        state["held"].update((queue_id, identity) for queue_id in mine)
+        return held
 
     # ------------------------------------------------------ the operator's
     def _user(self, name):
@@ -213,12 +215,18 @@ class Guard(object):
             if check:
                 result["held" if not purge else "deleted"] = len(targets)
                 return result
+            state = self.maps.read_state()
             if not already:
                 senders[user.sender_key] = ACTION
                 self.maps.write("suspended_senders", senders)
-                state = self.maps.read_state()
                 state["suspended"]["user:" + user.sender_key] = {"since": int(self.now()), "by": "operator",
                                                                  "reasons": ["suspended by the operator"]}
+            if purge:
+                for queue_id in targets:
+                    state["held"].pop(queue_id, None)
+            else:
+                state["held"].update((queue_id, "user:" + user.sender_key) for queue_id in targets)
+            if not already or targets:
                 self.maps.write_state(state)
             result["deleted" if purge else "held"] = self.postsuper("-d" if purge else "-h", targets)
         return result
@@ -235,7 +243,14 @@ class Guard(object):
                 "suspended_sasl": {k: v for k, v in current["suspended_sasl"].items() if local_part(k) != user.local},
             }
             removed = sorted(k for name_ in keep for k in current[name_] if k not in keep[name_])
-            held = [m["queue_id"] for m in self.queue() if m["queue_name"] == "hold" and user.owns_sender(m["sender"])]
+            queue = self.queue()
+            # Only what the guard held (the alarm or suspend_sender.yml); mail on hold
+            # for another reason (an operator's postsuper -h) stays on hold.
+            held = [m["queue_id"] for m in queue if m["queue_name"] == "hold" and user.owns_sender(m["sender"])
+                    and m["queue_id"] in state["held"]]
+            # Records of mail that left the queue (delivered, deleted) are dropped.
+            present = set(m["queue_id"] for m in queue)
+            stale = [q for q in state["held"] if q not in present]
             result = {"user": user.name, "addresses": user.addresses, "removed": removed,
                       "released": len(held), "changed": bool(removed or held)}
             if check:
@@ -251,7 +266,9 @@ class Guard(object):
                     del state["suspended"][identity]
                     state["resumed"][identity] = now
             state["resumed"]["user:" + user.local] = now
-            if result["changed"]:
+            for queue_id in held + stale:
+                state["held"].pop(queue_id, None)
+            if result["changed"] or stale:
                 self.maps.write_state(state)
             result["released"] = self.postsuper("-H", held)
         return result

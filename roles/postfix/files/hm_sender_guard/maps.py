@@ -131,6 +131,9 @@ class Maps(object):
             raise GuardError("%s is damaged (%s); move it away to start afresh" % (self.state_path, exc))
         state.setdefault("suspended", {})
         state.setdefault("resumed", {})
+        # Queue IDs this guard put on hold ({queue ID: identity}): a resume
+        # releases these only, never mail held for another reason.
+        state.setdefault("held", {})
         return state
 
     def write_state(self, state):

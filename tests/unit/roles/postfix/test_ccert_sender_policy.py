@@ -175,3 +175,102 @@ def test_serve_without_a_map_logs_logins():
     policy.serve(stdin, stdout, policy.NoMap(), log_identity=lines.append)
     assert stdout.getvalue() == "action=DUNNO\n\n"
     assert lines == ["Q1: identity=login:bob+phone client=-"]
+
+
+# ------------------------------------- app-password logins per device (issue 14)
+
+# As the role's sender_login.regexp.j2 writes it for example.test and example.org.
+LOGIN_MAP = (
+    "# comment\n"
+    "/^([^@+]+)(\\+[^@]*)?@example\\.test$/ ${1}, ${1}@example.test, ${1}@example.org\n"
+    "/^([^@+]+)(\\+[^@]*)?@example\\.org$/ ${1}, ${1}@example.test, ${1}@example.org\n")
+
+
+def login_map(tmp_path, text=LOGIN_MAP):
+    path = tmp_path / "sender_login.regexp"
+    path.write_text(text)
+    return policy.LoginMapFile(str(path)), path
+
+
+@pytest.mark.parametrize("login,sender", [
+    ("bob+phone", "bob@example.test"),
+    ("bob+phone", "bob+tag@example.org"),
+    ("BOB+Phone", "bob@example.test"),
+    ("bob", "bob@example.test"),                       # a plain user name, as Dovecot gave it before
+    ("bob+phone@example.org", "bob@example.test"),
+])
+def test_a_device_login_owns_its_users_addresses(tmp_path, login, sender):
+    rules = login_map(tmp_path)[0].rules()
+    assert policy.decide_login({"sasl_username": login, "sender": sender}, rules) == "DUNNO"
+
+
+@pytest.mark.parametrize("login,sender", [
+    ("bob+phone", "alice@example.test"),
+    ("bob+phone", "bob@elsewhere.test"),               # not a domain of the host: no owner
+    ("bobby+phone", "bob@example.test"),
+    ("bo+b+phone", "bob@example.test"),
+    ("bob+phone@other.test", "bob@example.test"),
+])
+def test_a_device_login_does_not_own_other_addresses(tmp_path, login, sender):
+    rules = login_map(tmp_path)[0].rules()
+    action = policy.decide_login({"sasl_username": login, "sender": sender}, rules)
+    assert action == "553 5.7.1 not owned by user %s" % login
+
+
+def test_login_check_leaves_unauthenticated_null_sender_and_no_table_alone(tmp_path):
+    rules = login_map(tmp_path)[0].rules()
+    assert policy.decide_login({"sender": "alice@example.test"}, rules) == "DUNNO"
+    assert policy.decide_login({"sasl_username": "bob+phone", "sender": ""}, rules) == "DUNNO"
+    assert policy.decide_login({"sasl_username": "bob+phone", "sender": "alice@example.test"}, None) == "DUNNO"
+
+
+def test_serve_refuses_a_device_login_sending_as_another_user_and_logs_no_identity(tmp_path):
+    loginmap, _path = login_map(tmp_path)
+    stdin = io.StringIO(
+        request(sasl_username="bob+phone", sender="bob@example.test")
+        + request(sasl_username="bob+phone", sender="alice@example.test")
+        + request(protocol_state="END-OF-MESSAGE", queue_id="Q1", sasl_username="bob+phone",
+                  sender="alice@example.test")
+        + request(protocol_state="END-OF-MESSAGE", queue_id="Q2", sasl_username="bob+phone",
+                  sender="bob@example.test"))
+    stdout, lines = io.StringIO(), []
+    policy.serve(stdin, stdout, policy.NoMap(), log_identity=lines.append, loginmap=loginmap)
+    answers = stdout.getvalue().split("\n\n")
+    assert answers[:4] == ["action=DUNNO", "action=553 5.7.1 not owned by user bob+phone",
+                           "action=553 5.7.1 not owned by user bob+phone", "action=DUNNO"]
+    assert lines == ["Q2: identity=login:bob+phone client=-"]
+
+
+def test_a_certificate_refusal_comes_before_the_login_check(tmp_path):
+    mapfile, _path = write_map(tmp_path, MAP)
+    loginmap, _lpath = login_map(tmp_path)
+    stdout = io.StringIO()
+    policy.serve(io.StringIO(request(ccert_fingerprint=FP_A, ccert_subject="alice@example.test",
+                                     sasl_username="alice+pc", sender="eve@example.test")),
+                 stdout, mapfile, loginmap=loginmap)
+    assert stdout.getvalue().startswith("action=REJECT 5.7.1 <eve@example.test>: Sender address not owned")
+
+
+@pytest.mark.parametrize("text", [None, "/unterminated bob\n"])
+def test_serve_defers_when_the_login_map_is_missing_or_damaged(tmp_path, text):
+    path = tmp_path / "sender_login.regexp"
+    if text is not None:
+        path.write_text(text)
+    stdout, logged = io.StringIO(), []
+    policy.serve(io.StringIO(request(sasl_username="bob+phone", sender="bob@example.test")), stdout,
+                 policy.NoMap(), logged.append, loginmap=policy.LoginMapFile(str(path)))
+    assert stdout.getvalue() == "action=DEFER 4.3.5 Sender login map unavailable\n\n"
+    assert logged and "sender login map" in logged[0] and str(path) in logged[0]
+
+
+def test_serve_rereads_a_changed_login_map(tmp_path):
+    loginmap, path = login_map(tmp_path)
+    attrs = {"sasl_username": "bob+phone", "sender": "bob@example.test"}
+    assert policy.decide_login(attrs, loginmap.rules()) == "DUNNO"
+    path.write_text(LOGIN_MAP.replace("${1}, ", "nobody, ").replace("example\\.test$", "example\\.net$"))
+    assert policy.decide_login(attrs, loginmap.rules()).startswith("553")
+
+
+def test_main_takes_at_most_two_maps(capsys):
+    assert policy.main(["policy", "-", "a", "b"]) == 2
+    assert "SENDER_LOGIN_MAP" in capsys.readouterr().err

@@ -113,6 +113,20 @@ def test_tables_read_changed_maps_again(maps):
     assert table.cert_is_listed("dave@example.test")
 
 
+@pytest.mark.parametrize("login, address, owns", [
+    ("bob", "bob@example.test", True),
+    ("bob+phone", "bob@example.test", True),           # a device login owns what its user owns
+    ("Bob+Phone", "bob+list@example.org", True),
+    ("bob+phone@example.org", "bob@example.test", True),
+    ("bob+phone", "alice@example.test", False),
+    ("bobby+phone", "bob@example.test", False),
+    ("bob+phone@other.test", "bob@example.test", False),
+    ("bob+phone", "bob@elsewhere.test", False),
+])
+def test_sasl_owns_for_device_logins(maps, login, address, owns):
+    assert maps[0].sasl_owns(login, address) is owns
+
+
 def test_tables_need_a_domain(tmp_path):
     with pytest.raises(ValueError, match="domain"):
         tables.Tables("", "", [])

@@ -191,12 +191,18 @@ def test_scan_does_not_report_twice_and_leaves_quiet_identities_alone(host):
 
 
 def test_resume_lifts_alarm_suspensions_releases_mail_and_forgets_the_old_events(host):
-    host.journal_entries = [quota(30, "login:bob+phone")]
+    host.journal_entries = [ident(40, "Q7", "login:bob+phone"), quota(30, "login:bob+phone")]
+    host.queue = [queued("Q7", "bob+list@example.org")]
     host.guard().scan()
-    host.queue = [queued("Q7", "bob+list@example.org", "hold"), queued("Q8", "alice@example.test", "hold")]
+    assert host.held == ["Q7"]
+    # Q7 held by the alarm; Q6 (bob's) and Q8 (alice's) held by someone else, for another reason.
+    host.queue = [queued("Q6", "bob@example.test", "hold"), queued("Q7", "bob+list@example.org", "hold"),
+                  queued("Q8", "alice@example.test", "hold")]
+    assert host.guard().resume_user("bob", check=True)["released"] == 1
     result = host.guard().resume_user("bob")
     assert result["changed"] and result["removed"] == ["bob+phone"] and result["released"] == 1
     assert host.released == ["Q7"]
+    assert host.guard().status()["state"]["held"] == {}
     assert host.map("suspended_sasl") == {}
     # The quota refusal before the resume no longer counts.
     later = host.guard()
@@ -220,6 +226,29 @@ def test_suspend_user_holds_every_identity_and_is_idempotent(host):
     host.queue = [dict(m, queue_name="hold") if m["queue_id"] in ("A1", "A2") else m for m in host.queue]
     second = host.guard().suspend_user("alice")
     assert second["changed"] is False and second["already_suspended"] and second["held"] == 0
+
+
+def test_resume_user_releases_what_suspend_user_held_and_nothing_else(host):
+    host.queue = [queued("A1", "alice@example.test"), queued("A0", "alice@example.test", "hold"),
+                  queued("B1", "bob@example.test")]
+    host.guard().suspend_user("alice")
+    assert host.held == ["A1"]
+    assert host.guard().status()["state"]["held"] == {"A1": "user:alice@"}
+    host.queue = [queued("A1", "alice@example.test", "hold"), queued("A0", "alice@example.test", "hold"),
+                  queued("B1", "bob@example.test")]
+    result = host.guard().resume_user("alice")
+    assert result["released"] == 1 and host.released == ["A1"]
+    assert host.guard().status()["state"]["held"] == {}
+
+
+def test_resume_forgets_held_records_of_mail_that_left_the_queue(host):
+    host.queue = [queued("A1", "alice@example.test"), queued("B1", "bob@example.test")]
+    host.guard().suspend_user("alice")
+    host.guard().suspend_user("bob")
+    host.queue = []  # both deleted by hand meanwhile
+    assert host.guard().resume_user("alice")["released"] == 0
+    assert host.guard().status()["state"]["held"] == {}
+    assert host.released == []
 
 
 def test_suspend_user_with_purge_deletes_the_queued_mail(host):
