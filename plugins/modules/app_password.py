@@ -24,7 +24,9 @@ description:
     (C({SHA512-CRYPT}$6$...), made with the system's libxcrypt) is stored.
   - The mail client logs in as C(<user>+<device>) (RV(login)); Dovecot then continues as
     the Linux account O(user) (the C(user=) extra field of the entry), so the device reads
-    the user's mailbox and Postfix sees O(user) as the SASL user name.
+    the user's mailbox. With the C(hardened.mailhost.dovecot) role Postfix sees
+    C(<user>+<device>) as the SASL user name, so that quotas and suspension apply to one
+    device; a device login may send as its user's addresses.
   - With the C(hardened.mailhost.dovecot) role the client may also log in as
     C(<user>+<device>@<domain>) when C(<domain>) is one of the mail domains the host serves
     (C(dovecot_mail_domains)); with any other domain the login is refused.
