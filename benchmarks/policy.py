@@ -61,6 +61,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from many_hosts import Deadline, Failure, kill_group, write_private  # noqa: E402  (shared benchmark helpers)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "hm-bench-policy"
 NETWORK = "hm-bench-policy"
@@ -129,30 +132,6 @@ CONVERGE = """\
 """
 
 
-class Failure(Exception):
-    """The benchmark cannot go on (said why)."""
-
-
-class Deadline:
-    """The whole run's time budget; every subprocess gets at most what is left."""
-
-    def __init__(self, seconds):
-        self.end = time.monotonic() + seconds
-
-    def left(self, cap):
-        left = self.end - time.monotonic()
-        if left <= 5:
-            raise Failure("the run's time budget (--max-seconds) is used up")
-        return min(cap, left)
-
-
-def kill_group(proc, sig):
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
 def run(cmd, timeout, check=True, env=None, stdout=None):
     """Run ``cmd`` in its own process group; on timeout kill that group (only it)."""
     proc = subprocess.Popen(cmd, stdout=stdout if stdout is not None else subprocess.PIPE,
@@ -175,12 +154,6 @@ def run(cmd, timeout, check=True, env=None, stdout=None):
         raise Failure("%s failed (rc %d): %s" % (" ".join(cmd[:6]), proc.returncode,
                                                  ((err or "") + (out or ""))[-2000:]))
     return proc.returncode, out or "", err or ""
-
-
-def write_private(path, text):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
 
 
 def apt_cache(release):
