@@ -187,7 +187,8 @@ def test_resume_playbook_lifts_the_alarm_and_releases_only_what_the_guard_held(i
     assert [m["queue_id"] for m in queue(instance) if m["sender"] == "carol@example.test"
             and m["queue_name"] == "hold"] == [by_hand]
     tok = token()
-    # The quota still counts this hour: carol-phone is refused with 4xx, not suspended again.
+    # The quota still counts this hour: carol-phone is refused with 4xx (the
+    # alarm may then suspend it again: a quota refusal after the resume is new).
     out = send_cert(instance, ephemeral_dir, "carol-phone", "friend@sink.test", tok)
     assert out.stage == "data" and out.code == 450, out
     out = send_login(instance, ephemeral_dir, "dave", "friend@sink.test", token())
@@ -195,15 +196,24 @@ def test_resume_playbook_lifts_the_alarm_and_releases_only_what_the_guard_held(i
 
 
 def test_suspend_playbook_in_check_mode_changes_nothing(instance, tmp_path):
-    before_status, before_queue = status(instance), queue(instance)
-    maps_before = instance.run("sh", "-c", "ls -l --time-style=+%s.%N /etc/postfix/hardened/suspended_*").stdout
-    output = run_playbook(instance, tmp_path, "suspend_sender.yml", "-e", "mail_user=carol", "--check")
-    assert "carol: suspended" in output and changed_count(output) == 1
-    assert status(instance) == before_status
-    # Same messages, the same ones on hold (deferred mail may move to active and back meanwhile).
-    assert sorted((m["queue_id"], m["queue_name"] == "hold") for m in queue(instance)) == \
-        sorted((m["queue_id"], m["queue_name"] == "hold") for m in before_queue)
-    assert instance.run("sh", "-c", "ls -l --time-style=+%s.%N /etc/postfix/hardened/suspended_*").stdout == maps_before
+    # The alarm (every 10 s here) may rightly suspend carol's phone again for
+    # the quota refusal the resume test provoked; it must not act between the
+    # two snapshots, or its change would be taken for the playbook's.
+    instance.run("systemctl", "stop", "hm-sender-guard.timer")
+    try:
+        instance.run("sh", "-c", "for i in $(seq 120); do systemctl is-active -q hm-sender-guard.service || exit 0;"
+                     " sleep 0.5; done; exit 1")
+        before_status, before_queue = status(instance), queue(instance)
+        maps_before = instance.run("sh", "-c", "ls -l --time-style=+%s.%N /etc/postfix/hardened/suspended_*").stdout
+        output = run_playbook(instance, tmp_path, "suspend_sender.yml", "-e", "mail_user=carol", "--check")
+        assert "carol: suspended" in output and changed_count(output) == 1
+        assert status(instance) == before_status
+        # Same messages, the same ones on hold (deferred mail may move to active and back meanwhile).
+        assert sorted((m["queue_id"], m["queue_name"] == "hold") for m in queue(instance)) == \
+            sorted((m["queue_id"], m["queue_name"] == "hold") for m in before_queue)
+        assert instance.run("sh", "-c", "ls -l --time-style=+%s.%N /etc/postfix/hardened/suspended_*").stdout == maps_before
+    finally:
+        instance.run("systemctl", "start", "hm-sender-guard.timer")
 
 
 def test_suspend_playbook_purges_and_a_second_run_changes_nothing(instance, ephemeral_dir, tmp_path):
