@@ -422,15 +422,17 @@ def check_shared(shared, hosts, hostnames):
     return found, problems
 
 
-def cleanup(created, network_created, work, keep):
+def cleanup(created, network_created, work, keep, network=NETWORK):
+    """Remove the containers, the network (named ``network``) and the scratch
+    folder a benchmark made, or say where they are kept."""
     if keep:
-        print("kept: containers %s, network %s, scratch folder %s" % (" ".join(created), NETWORK, work))
+        print("kept: containers %s, network %s, scratch folder %s" % (" ".join(created), network, work))
         return
     for name in created:
         subprocess.run(["podman", "rm", "-f", "-t", "0", name], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=120, check=False)
     if network_created:
-        subprocess.run(["podman", "network", "rm", "-f", NETWORK], stdout=subprocess.DEVNULL,
+        subprocess.run(["podman", "network", "rm", "-f", network], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=60, check=False)
     if work:
         shutil.rmtree(work, ignore_errors=True)

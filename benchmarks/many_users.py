@@ -41,9 +41,7 @@ import os
 import re
 import resource
 import secrets
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -510,17 +508,7 @@ def main():
         if state["report"] is not None:
             state["report"]["error"] = "interrupted"
     finally:
-        if args.keep:
-            print("kept: %s, network %s, %s" % (" ".join(state["created"]), NETWORK, state["work"]))
-        else:
-            for name in state["created"]:
-                subprocess.run(["podman", "rm", "-f", "-t", "0", name], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, timeout=120, check=False)
-            if state["network"]:
-                subprocess.run(["podman", "network", "rm", "-f", NETWORK], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, timeout=60, check=False)
-            if state["work"]:
-                shutil.rmtree(state["work"], ignore_errors=True)
+        mh.cleanup(state["created"], state["network"], state["work"], args.keep, network=NETWORK)
         report = state["report"]
         if report is not None:
             report["load_after"] = load()

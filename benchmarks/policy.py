@@ -55,14 +55,14 @@ import shutil
 import signal
 import smtplib
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from many_hosts import Deadline, Failure, kill_group, write_private  # noqa: E402  (shared benchmark helpers)
+import many_hosts  # noqa: E402  (shared benchmark helpers)
+from many_hosts import Deadline, Failure, run, write_private  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "hm-bench-policy"
@@ -130,30 +130,6 @@ CONVERGE = """\
         remote_src: true
         mode: "0644"
 """
-
-
-def run(cmd, timeout, check=True, env=None, stdout=None):
-    """Run ``cmd`` in its own process group; on timeout kill that group (only it)."""
-    proc = subprocess.Popen(cmd, stdout=stdout if stdout is not None else subprocess.PIPE,
-                            stderr=subprocess.STDOUT if stdout is not None else subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(proc, signal.SIGKILL)
-        proc.communicate()
-        raise Failure("%s did not finish within %d s" % (" ".join(cmd[:4]), timeout)) from None
-    except BaseException:
-        kill_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            kill_group(proc, signal.SIGKILL)
-        raise
-    if check and proc.returncode != 0:
-        raise Failure("%s failed (rc %d): %s" % (" ".join(cmd[:6]), proc.returncode,
-                                                 ((err or "") + (out or ""))[-2000:]))
-    return proc.returncode, out or "", err or ""
 
 
 def apt_cache(release):
@@ -639,17 +615,7 @@ def benchmark(args, deadline, state):
 
 
 def cleanup(state, keep):
-    if keep:
-        print("kept: container %s, network %s, scratch folder %s" % (NAME, NETWORK, state["work"]))
-        return
-    if state["created"]:
-        subprocess.run(["podman", "rm", "-f", "-t", "0", NAME], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=120, check=False)
-    if state["network"]:
-        subprocess.run(["podman", "network", "rm", "-f", NETWORK], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=60, check=False)
-    if state["work"]:
-        shutil.rmtree(state["work"], ignore_errors=True)
+    many_hosts.cleanup([NAME] if state["created"] else [], state["network"], state["work"], keep, network=NETWORK)
 
 
 def print_summary(report):
