@@ -35,6 +35,31 @@ run_one() {
     fi
 }
 
+# What a reader of CI needs from a failed scenario, first: the failing step,
+# the failed tests with their assertion messages, then the failed Ansible
+# tasks. (The tail of the log alone is mostly the destroy step.)
+report_failure() {
+    local s=$1 clean
+    clean=$(mktemp)
+    sed 's/\x1b\[[0-9;]*m//g' "$logs/$s.log" >"$clean"
+    echo "==> failed scenario $s: steps"
+    grep -E ' ➜ [a-z_]+: Executed: Failed' "$clean" | sort -u
+    if grep -q '= FAILURES =\|= ERRORS =' "$clean"; then
+        echo "==> failed scenario $s: pytest failures (first 400 lines)"
+        sed -n '/=\{5,\} \(FAILURES\|ERRORS\) =\{5,\}/,/short test summary info/p' "$clean" | head -n 400
+        echo "==> failed scenario $s: pytest summary"
+        sed -n '/short test summary info/,/=\{5,\} .* in [0-9.]*s/p' "$clean" | head -n 60
+    fi
+    if grep -qE '^(fatal|failed): ' "$clean"; then
+        echo "==> failed scenario $s: failed Ansible tasks (the last ones, each with its task line)"
+        grep -E -B2 -A12 '^(fatal|failed): ' "$clean" | tail -n 150
+    fi
+    grep -A20 'Idempotence test failed' "$clean" | head -n 40
+    echo "==> failed scenario $s: last 60 lines of $logs/$s.log"
+    tail -n 60 "$clean"
+    rm -f "$clean"
+}
+
 start=$SECONDS
 running=0
 for s in "${scenarios[@]}"; do
@@ -65,8 +90,7 @@ done
 for s in "${scenarios[@]}"; do
     read -r verdict _ <"$logs/$s.result" 2>/dev/null || verdict=FAILED
     if [ "$verdict" != passed ]; then
-        echo "==> output of the failed scenario $s (last 300 lines)"
-        sed 's/\x1b\[[0-9;]*m//g' "$logs/$s.log" | tail -n 300
+        report_failure "$s"
     fi
 done
 echo "==> all scenarios took $((SECONDS - start)) s with $jobs side by side"
