@@ -83,6 +83,8 @@ for s in "${scenarios[@]}"; do
         passed=$((passed + 1))
         # The verifier's own pytest summary, for the record.
         sed 's/\x1b\[[0-9;]*m//g' "$logs/$s.log" | grep -E '=+ .*(passed|failed).* in [0-9.]+s' | tail -n 1 | sed 's/^[^=]*/           /'
+        # Tests that failed once and passed on their rerun (pytest-rerunfailures).
+        sed 's/\x1b\[[0-9;]*m//g' "$logs/$s.log" | grep -oE 'RERUN [^ ]+' | sort -u | sed 's/^RERUN /           flaky, passed on its rerun: /'
     else
         failed=$((failed + 1))
     fi
