@@ -35,13 +35,18 @@ run_one() {
     fi
 }
 
+# A scenario's log without the terminal colour codes.
+plain_log() {
+    sed 's/\x1b\[[0-9;]*m//g' "$logs/$1.log"
+}
+
 # What a reader of CI needs from a failed scenario, first: the failing step,
 # the failed tests with their assertion messages, then the failed Ansible
 # tasks. (The tail of the log alone is mostly the destroy step.)
 report_failure() {
     local s=$1 clean
     clean=$(mktemp)
-    sed 's/\x1b\[[0-9;]*m//g' "$logs/$s.log" >"$clean"
+    plain_log "$s" >"$clean"
     echo "==> failed scenario $s: steps"
     grep -E ' ➜ [a-z_]+: Executed: Failed' "$clean" | sort -u
     if grep -q '= FAILURES =\|= ERRORS =' "$clean"; then
@@ -50,9 +55,10 @@ report_failure() {
         echo "==> failed scenario $s: pytest summary"
         sed -n '/short test summary info/,/=\{5,\} .* in [0-9.]*s/p' "$clean" | head -n 60
     fi
-    if grep -qE '^(fatal|failed): ' "$clean"; then
+    # Molecule draws a box around Ansible's output: "  │ fatal: [host]: ...".
+    if grep -qE '^[ │]*(fatal|failed): ' "$clean"; then
         echo "==> failed scenario $s: failed Ansible tasks (the last ones, each with its task line)"
-        grep -E -B2 -A12 '^(fatal|failed): ' "$clean" | tail -n 150
+        grep -E -B2 -A12 '^[ │]*(fatal|failed): ' "$clean" | tail -n 150
     fi
     grep -A20 'Idempotence test failed' "$clean" | head -n 40
     echo "==> failed scenario $s: last 60 lines of $logs/$s.log"
@@ -81,10 +87,10 @@ for s in "${scenarios[@]}"; do
     printf '%-10s %-7s %4d s\n' "$s" "$verdict" "$secs"
     if [ "$verdict" = passed ]; then
         passed=$((passed + 1))
-        # The verifier's own pytest summary, for the record.
-        sed 's/\x1b\[[0-9;]*m//g' "$logs/$s.log" | grep -E '=+ .*(passed|failed).* in [0-9.]+s' | tail -n 1 | sed 's/^[^=]*/           /'
-        # Tests that failed once and passed on their rerun (pytest-rerunfailures).
-        sed 's/\x1b\[[0-9;]*m//g' "$logs/$s.log" | grep -oE 'RERUN [^ ]+' | sort -u | sed 's/^RERUN /           flaky, passed on its rerun: /'
+        # The verifier's own pytest summary, for the record, and the tests
+        # that failed once and passed on their rerun (pytest-rerunfailures).
+        plain_log "$s" | grep -E '=+ .*(passed|failed).* in [0-9.]+s' | tail -n 1 | sed 's/^[^=]*/           /'
+        plain_log "$s" | grep -oE 'RERUN [^ ]+' | sort -u | sed 's/^RERUN /           flaky, passed on its rerun: /'
     else
         failed=$((failed + 1))
     fi
