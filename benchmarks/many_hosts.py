@@ -61,6 +61,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _revoke  # noqa: E402  (the revocation timing, shared with many_users.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = "localhost/hardened-mailhost-base:debian13"
 PREFIX = "hm-bench-"
@@ -69,6 +72,9 @@ LABEL = "hardened-mailhost-bench=many_hosts"
 PORTS = (22, 25, 465, 587, 993)
 MAX_HOSTS = 12
 GOAL_RATIO = 3.0
+# Issue 16: revoke one device, revoke_cert.yml start to refusal on 465 and 993,
+# on one host / on ten.
+GOAL_REVOKE = {1: 15, 10: 30}
 USERS = ("alice", "bob")
 GENERATED = ("bob",)  # sudo_pin_users entries with generate: true
 
@@ -282,6 +288,14 @@ def collection_tree(args, work):
     return tree, collections, "commit %s (%s)" % (commit[:12], args.ref)
 
 
+def older_tree(ref, work, name):
+    """The collection of commit ``ref`` unpacked under ``work/name`` (as --ref does), for a
+    "before" figure: returns (tree, collections path, description)."""
+    folder = os.path.join(work, name)
+    os.mkdir(folder, 0o700)
+    return collection_tree(argparse.Namespace(ref=ref), folder)
+
+
 def playbook_env(work, forks, tree, collections):
     env = dict(os.environ)
     env.update({
@@ -317,7 +331,7 @@ def parse_recap(text):
     return recap
 
 
-def playbook(label, args, work, inv, playbook_path, deadline, cap, limit=None):
+def playbook(label, args, work, inv, playbook_path, deadline, cap, limit=None, extra=()):
     """Run one ansible-playbook; returns wall seconds, controller CPU seconds, recap, rc."""
     logs = os.path.join(os.environ["HM_CACHE_DIR"], "logs", "many_hosts")
     os.makedirs(logs, mode=0o700, exist_ok=True)
@@ -325,6 +339,7 @@ def playbook(label, args, work, inv, playbook_path, deadline, cap, limit=None):
     cmd = ["ansible-playbook", "-i", inv, os.path.join(args.tree, playbook_path)]
     if limit:
         cmd += ["--limit", limit]
+    cmd += list(extra)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
@@ -498,7 +513,8 @@ def benchmark(args, deadline, state):
     hostnames = {name: "bench-%s.example.test" % name[len(PREFIX):] for name in hosts}
     state["report"] = report = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": machine(), "hosts": args.hosts, "forks": args.hosts,
-              "image": IMAGE, "load_before": [round(x, 2) for x in os.getloadavg()]}
+              "image": IMAGE, "load_before": [round(x, 2) for x in os.getloadavg()],
+              "no_revoke": args.no_revoke}
 
     run(["podman", "image", "exists", IMAGE], 60)
     # Containers with our label belong to another run of this script (running,
@@ -580,7 +596,74 @@ def benchmark(args, deadline, state):
         "all_cpu_s": cpu_all, "one_cpu_s": cpu_one,
         "all_cpu_s_per_host": round(cpu_all / len(hosts), 2), "one_cpu_s_per_host": round(cpu_one, 2),
     }
+    if not args.no_revoke:
+        report["revoke"] = revocation(args, work, inv, hosts, deadline, report["collection"])
     return report
+
+
+def revocation(args, work, inv, hosts, deadline, current):
+    """Issue 16's row "revoke one device ... <= 30 s on ten": one issue_cert.yml run
+    gives alice a laptop, a phone and (with --revoke-before) a tablet certificate
+    from the CA every host shares, and pushes the map to every host; then
+    revoke_cert.yml (forks N) is timed from its start until EVERY host refuses the
+    phone on 465 and 993 (benchmarks/_revoke.py), and with --revoke-before the same
+    for the tablet with revoke_cert.yml of that commit. The laptop must stay accepted."""
+    email = "alice@example.test"
+    devices = ["laptop", "phone"] + (["tablet"] if args.revoke_before else [])
+    bundles = os.path.join(work, "bundles")
+    issue = playbook("issue-devices", args, work, inv, os.path.join("playbooks", "issue_cert.yml"), deadline,
+                     args.timeout, extra=["-e", json.dumps({
+                         "cert_devices": [{"email": email, "name": "Alice", "device": d} for d in devices],
+                         "cert_bundle_dir": bundles, "cert_bundle_keep_seconds": 0})])
+    missing, failed, unreachable = failed_hosts(issue, hosts)
+    if issue["rc"] != 0 or missing or failed or unreachable:
+        raise Failure("issue_cert.yml failed (rc %d; failed %s, unreachable %s); log %s\n%s"
+                      % (issue["rc"], failed, unreachable, issue["log"], issue["tail"][-3000:]))
+    try:
+        devs = _revoke.device_pems(bundles, _revoke.pass_file_password, email, devices, os.path.join(work, "pem"))
+        targets = [_revoke.target(name) for name in hosts]
+    except (_revoke.RevokeError, OSError) as exc:
+        raise Failure("revocation row: %s" % exc) from None
+    print("issued %s's %s on the shared CA and pushed to %d hosts in %.0f s"
+          % (email, ", ".join(devices), len(hosts), issue["wall_s"]), flush=True)
+    rows = {}
+    plan = [("after", "phone", None)] + ([("before", "tablet", args.revoke_before)] if args.revoke_before else [])
+    for kind, device, ref in plan:
+        saved = (args.tree, args.collections)
+        description = None
+        if ref:
+            args.tree, args.collections, description = older_tree(ref, work, "revoke-before")
+        label = "revoke-%s" % kind
+
+        def run_playbook(device=device, label=label):
+            result = playbook(label, args, work, inv, os.path.join("playbooks", "revoke_cert.yml"), deadline,
+                              args.timeout, extra=["-e", "cert_email=%s" % email, "-e", "cert_device=%s" % device,
+                                                   "-e", "cert_reason=key_compromise"])
+            m, f, u = failed_hosts(result, hosts)
+            if result["rc"] != 0 or m or f or u:
+                raise Failure("%s failed (rc %d; failed %s, unreachable %s); log %s\n%s"
+                              % (label, result["rc"], f, u, result["log"], result["tail"][-3000:]))
+            return result
+
+        try:
+            # The revoked phone no longer has to stay accepted while the tablet is timed.
+            mine = {d: v for d, v in devs.items() if d == device or d not in rows.get("revoked", [])}
+            row = _revoke.time_revocation(targets, email, mine, device, run_playbook)
+        except _revoke.RevokeError as exc:
+            raise Failure("revocation row (%s): %s" % (kind, exc)) from None
+        finally:
+            args.tree, args.collections = saved
+        result = row.pop("playbook")
+        row.update(cpu_s=result["cpu_s"], log=result["log"], collection=description or current,
+                   changed=sum(r["changed"] for r in result["recap"].values()))
+        rows[kind] = row
+        rows.setdefault("revoked", []).append(device)
+        print("revoke (%s) on %d hosts: refused on 465 and 993 by every host after %.1f s (playbook %.1f s, "
+              "ctrl CPU %.1f s), other devices accepted, load %s -> %s"
+              % (row["collection"], len(hosts), row["refused_s"], row["playbook_s"], row["cpu_s"],
+                 row["load_start"], row["load_end"]), flush=True)
+    rows.pop("revoked", None)
+    return rows
 
 
 def print_table(report):
@@ -613,6 +696,16 @@ def print_table(report):
     if nc and "ratio" in nc:
         print("no-change %d hosts / 1 host: %.2fx  (goal <= %.1fx: %s)"
               % (n, nc["ratio"], GOAL_RATIO, "met" if nc["ratio"] <= GOAL_RATIO else "NOT met"))
+    for kind, row in sorted((report.get("revoke") or {}).items(), key=lambda kv: kv[0] != "before"):
+        print("revoke one device (%s): every one of %d hosts refuses it on 465 and 993 %.1f s after "
+              "revoke_cert.yml started (playbook %.1f s, ctrl CPU %.1f s, slowest host %s)%s; load %s -> %s"
+              % (row["collection"], row["hosts"], row["refused_s"], row["playbook_s"], row["cpu_s"],
+                 max(row["per_host_s"], key=row["per_host_s"].get),
+                 "" if kind == "before" else "  (goal %s: %s)" % (
+                     "<= %d s on %s host(s)" % (GOAL_REVOKE[row["hosts"]], row["hosts"])
+                     if row["hosts"] in GOAL_REVOKE else "<= 30 s on ten hosts; measured on %d" % row["hosts"],
+                     "met" if row["refused_s"] <= GOAL_REVOKE.get(row["hosts"], 30) else "NOT met"),
+                 row["load_start"], row["load_end"]))
     if report.get("error"):
         print("ERROR: %s" % report["error"])
 
@@ -621,7 +714,8 @@ def verdict(report):
     first = report.get("first") or {}
     nc = report.get("nochange") or {}
     return bool(first and not report.get("error") and not first["shared_problems"] and "ratio" in nc
-                and nc["all_changed"] == 0 and nc["one_changed"] == 0)
+                and nc["all_changed"] == 0 and nc["one_changed"] == 0
+                and (report.get("no_revoke") or "after" in (report.get("revoke") or {})))
 
 
 def main():
@@ -635,8 +729,14 @@ def main():
     parser.add_argument("--ref", default="HEAD",
                         help="commit whose collection runs (default HEAD, unpacked with git archive); "
                              "'worktree' runs the checkout as it is")
+    parser.add_argument("--no-revoke", action="store_true", help="skip the revocation row")
+    parser.add_argument("--revoke-before", metavar="REF",
+                        help="the revocation row once more with revoke_cert.yml of commit REF (git archive, "
+                             "as --ref), on another device: the before figure")
     parser.add_argument("--keep", action="store_true", help="keep the containers, network and scratch folder")
     args = parser.parse_args()
+    if args.no_revoke and args.revoke_before:
+        parser.error("--revoke-before needs the revocation row (drop --no-revoke)")
     if not 1 <= args.hosts <= MAX_HOSTS:
         parser.error("--hosts must be between 1 and %d" % MAX_HOSTS)
     if "HM_CACHE_DIR" not in os.environ or not os.path.isdir(os.path.join(ROOT, ".collections")):

@@ -49,6 +49,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import many_hosts as mh  # noqa: E402  (the container and playbook helpers)
+import _revoke  # noqa: E402  (the revocation timing, shared with many_hosts.py)
 
 sys.path.insert(0, os.path.join(mh.ROOT, "molecule", "common"))
 
@@ -60,6 +61,10 @@ LABEL = "hardened-mailhost-bench=many_users"
 GOAL_NOCHANGE = 1.5
 GOAL_FIRST = 3.0
 MAX_USERS = 500
+# Each user's two devices (issue 16's row). The first user's phone is revoked by
+# --revoke; with --revoke-before that user also gets a tablet, which the older
+# code revokes; the laptop must stay accepted throughout.
+DEVICES = ("laptop", "phone")
 
 PREPARE_TASKS = """\
 ---
@@ -144,13 +149,15 @@ def user_names(count):
     return ["alice"] if count == 1 else ["u%03d" % i for i in range(1, count + 1)]
 
 
-def inventory(name, count, work, port):
+def inventory(name, count, work, port, tablet=False):
     folder = os.path.join(work, name)
     os.makedirs(folder, mode=0o700)
     users = user_names(count)
     passwords = {u: "bench-%s-%s" % (u, secrets.token_urlsafe(9)) for u in users}
     devices = [{"email": "%s@example.test" % u, "name": "User %s" % u, "device": d}
-               for u in users for d in ("laptop", "phone")]
+               for u in users for d in DEVICES]
+    if tablet:
+        devices.append({"email": "%s@example.test" % users[0], "name": "User %s" % users[0], "device": "tablet"})
     data = {"all": {
         "vars": {
             "hardened_ca_dir": os.path.join(folder, "ca"),
@@ -273,65 +280,45 @@ def playbook(label, args, work, inv, path, deadline, profile=False, extra=()):
     return result
 
 
-def revoke(count, args, work, inv, deadline):
+def revoke(count, args, work, inv, deadline, label="revoke"):
     """Seconds from the start of revoke_cert.yml until the revoked device is
     refused on 465 (no relay) AND 993 (TLS login refused); the same person's
-    other device must still be accepted on both afterwards."""
-    from hmtest import imap, mailbox, smtp  # the scenarios' clients (paramiko, pyotp, cryptography)
-
+    other device must still be accepted on both afterwards (benchmarks/_revoke.py).
+    ``label`` "revoke" revokes the phone with the collection of args.tree;
+    "revoke-before" revokes the tablet with the collection of --revoke-before."""
     name = "%s%d" % (PREFIX, count)
     user = user_names(count)[0]
     email = "%s@example.test" % user
     folder = os.path.join(work, name)
-    pem = os.path.join(folder, "pem")
-    os.makedirs(pem, mode=0o700, exist_ok=True)
-    devs = {}
     with open(os.path.join(folder, "bundles", "passwords.json"), encoding="utf-8") as handle:
         passwords = json.load(handle)
-    for device in ("phone", "laptop"):
-        bundle = os.path.join(folder, "bundles", "%s_%s.p12" % (email, device))
-        cert, key, _parsed = mailbox.pkcs12_to_pem(bundle, passwords[bundle], pem)
-        devs[device] = (cert, key)
-    with open(inv, encoding="utf-8") as handle:
-        port = json.load(handle)["all"]["children"]["mailhosts"]["hosts"][name]["ansible_port"]
-    ports = {p: mh.podman_port(name, p) for p in (465, 993)}
-    _rc, server_pem, _e = mh.run(["podman", "exec", name, "cat", "/etc/ssl/hardened-mailhost/server.crt"], 60)
-    del port
+    try:
+        mine = [d for d in DEVICES + ("tablet",)
+                if os.path.join(folder, "bundles", "%s_%s.p12" % (email, d)) in passwords]
+        devs = _revoke.device_pems(os.path.join(folder, "bundles"), passwords.__getitem__, email, mine,
+                                   os.path.join(folder, "pem"))
+        host = _revoke.target(name)
+    except (_revoke.RevokeError, OSError, KeyError) as exc:
+        raise mh.Failure("%s: %s" % (name, exc)) from None
+    device = "phone" if label == "revoke" else "tablet"
+    # The phone is revoked first (--revoke), then the tablet (--revoke-before): the
+    # phone is no longer among the devices that must stay accepted.
+    devs = {d: v for d, v in devs.items() if d != "phone" or label == "revoke"}
 
-    def accepted(device):
-        cert, key = devs[device]
-        sent = smtp.attempt(ports[465], email, email, secrets.token_hex(8), implicit_tls=True,
-                            cert=cert, key=key).stage == "sent"
-        login = imap.login_external(ports[993], imap.tls_context(server_pem, cert, key))
-        if login.ok:
-            login.close()
-        return sent, login.ok
+    def run_playbook():
+        return playbook("%s-%d" % (label, count), args, work, inv,
+                        os.path.join(args.tree, "playbooks", "revoke_cert.yml"), deadline, profile=True,
+                        extra=["-e", "cert_email=%s" % email, "-e", "cert_device=%s" % device,
+                               "-e", "cert_reason=key_compromise"])
 
-    if accepted("phone") != (True, True):
-        raise mh.Failure("%s: the phone is not accepted on 465 and 993 before the revocation" % name)
-    t0 = time.monotonic()
-    result = playbook("revoke-%d" % count, args, work, inv,
-                      os.path.join(args.tree, "playbooks", "revoke_cert.yml"), deadline, profile=True,
-                      extra=["-e", "cert_email=%s" % email, "-e", "cert_device=phone",
-                             "-e", "cert_reason=key_compromise"])
-    playbook_s = time.monotonic() - t0
-    refused_s = None
-    while time.monotonic() - t0 < playbook_s + 60:
-        sent, imap_ok = accepted("phone")
-        if not sent and not imap_ok:
-            refused_s = time.monotonic() - t0
-            break
-        time.sleep(0.5)
-    if refused_s is None:
-        raise mh.Failure("%s: the revoked phone is still accepted 60 s after revoke_cert.yml" % name)
-    other = accepted("laptop")
-    out = {"playbook_s": round(playbook_s, 1), "refused_s": round(refused_s, 1),
-           "load_start": result["load_start"], "load_end": load(), "other_device_accepted": list(other),
-           "changed": result["changed"], "slowest": result.get("slowest")}
-    print("revoke on %-14s refused on 465+993 after %.1f s (playbook %.1f s), other device %s, load %s"
-          % (name, refused_s, playbook_s, other, out["load_end"]), flush=True)
-    if other != (True, True):
-        raise mh.Failure("%s: the same user's other device is no longer accepted: %s" % (name, other))
+    try:
+        out = _revoke.time_revocation([host], email, devs, device, run_playbook)
+    except _revoke.RevokeError as exc:
+        raise mh.Failure("%s: %s" % (name, exc)) from None
+    result = out.pop("playbook")
+    out.update(changed=result["changed"], slowest=result.get("slowest"))
+    print("%s on %-14s refused on 465+993 after %.1f s (playbook %.1f s), other devices accepted, load %s"
+          % (label, name, out["refused_s"], out["playbook_s"], out["load_end"]), flush=True)
     return out
 
 
@@ -357,7 +344,8 @@ def benchmark(args, deadline, state):
     mh.write_private(os.path.join(work, "app_passwords.yml"), APP_PASSWORDS)
 
     start(list(names.values()), hostnames, deadline, state["created"])
-    invs = {c: inventory(names[c], c, work, mh.podman_port(names[c], 22)) for c in counts}
+    invs = {c: inventory(names[c], c, work, mh.podman_port(names[c], 22), tablet=bool(args.revoke_before))
+            for c in counts}
     prepare = os.path.join(args.tree, "molecule", "common", "prepare.yml")
     # Both hosts prepared side by side (not measured).
     errors = []
@@ -411,6 +399,16 @@ def benchmark(args, deadline, state):
             args.tree, args.collections = saved
     if args.revoke:
         report["revoke"] = {c: revoke(c, args, work, invs[c], deadline) for c in counts}
+    if args.revoke_before:
+        # The same row with the collection of an older commit: the tablet.
+        saved = (args.tree, args.collections)
+        args.tree, args.collections, report["revoke_before_collection"] = mh.older_tree(
+            args.revoke_before, work, "revoke-before")
+        try:
+            report["revoke_before"] = {c: revoke(c, args, work, invs[c], deadline, label="revoke-before")
+                                       for c in counts}
+        finally:
+            args.tree, args.collections = saved
     one, many = counts
     if report.get("before"):
         report["before_ratio"] = round(report["before"][many]["wall_s"] / report["before"][one]["wall_s"], 2)
@@ -458,6 +456,11 @@ def print_table(report):
               "(playbook %.1f s; goal <= 15 s: %s), load %s -> %s"
               % (c, r["refused_s"], r["playbook_s"], "met" if r["refused_s"] <= 15 else "NOT met",
                  r["load_start"], r["load_end"]))
+    for c, r in sorted(report.get("revoke_before", {}).items()):
+        print("before (%s) revoke, %3d user(s): refused on 465 and 993 %.1f s after revoke_cert.yml started "
+              "(playbook %.1f s), load %s -> %s"
+              % (report["revoke_before_collection"], c, r["refused_s"], r["playbook_s"], r["load_start"],
+                 r["load_end"]))
     first = report["first"].get(many)
     if first and first.get("slowest"):
         print("slowest tasks, first converge with %d users:" % many)
@@ -484,8 +487,13 @@ def main():
                         help="also one no-change converge per host with the collection of REF (before figure)")
     parser.add_argument("--revoke", action="store_true",
                         help="at the end, time revoke_cert.yml until the device is refused on 465 and 993")
+    parser.add_argument("--revoke-before", metavar="REF",
+                        help="with --revoke (implied): the same row once more with revoke_cert.yml of the "
+                             "collection of REF (git archive), on another device of the same user")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
+    if args.revoke_before:
+        args.revoke = True
     if not 2 <= args.users <= MAX_USERS:
         parser.error("--users must be between 2 and %d" % MAX_USERS)
     if "HM_CACHE_DIR" not in os.environ:

@@ -23,12 +23,25 @@ new code converts on its first (untimed) change; issuing 10,000 real
 certificates would only measure signing.
 
 4. with --users N: the converge rows (one host with N users against one with
-   1 user, first and no-change converge of site.yml) and the revocation row
-   (revoke_cert.yml start to refusal on 465 and 993), by the sibling script
-   ``benchmarks/many_users.py`` (systemd-booted containers; see its doc).
+   1 user, first and no-change converge of site.yml) and the revocation row on
+   one host (revoke_cert.yml start to refusal on 465 and 993), by the sibling
+   script ``benchmarks/many_users.py`` (systemd-booted containers; see its doc).
+5. with --hosts N: the rows of N hosts (no-change converge of site.yml on N
+   hosts against 1, with the controller's CPU seconds per host, and the
+   revocation row on N hosts: every host refuses on 465 and 993), by
+   ``benchmarks/many_hosts.py`` in the same invocation, after the rows above.
+
+--revoke-before REF gives both revocation rows their before figure (the same
+row with revoke_cert.yml of commit REF, on another device); --users-before REF
+the before figure of the no-change row with N users. --skip-ca leaves out rows
+1-3 when only the container rows are wanted. Every row of issue 16's table in
+one run:
+
+    . scripts/env.sh && python benchmarks/scale.py --users 100 --hosts 10 --revoke-before 31b08c7
 
     . scripts/env.sh && python benchmarks/scale.py [--before REF] [--rounds 7]
-        [--devices 100] [--separate 10] [--skip-playbook] [--users 100 [--users-before REF]]
+        [--devices 100] [--separate 10] [--skip-playbook] [--skip-ca]
+        [--users 100 [--users-before REF]] [--hosts 10] [--revoke-before REF]
 """
 
 import argparse
@@ -218,6 +231,14 @@ def main():
                              "containers, one host with N users against one with 1; about 30-60 min)")
     parser.add_argument("--users-before", default=None, metavar="REF",
                         help="with --users: the before figure of the no-change row from the collection of REF")
+    parser.add_argument("--hosts", type=int, default=0, metavar="N",
+                        help="also run the rows of N hosts (benchmarks/many_hosts.py -n N: no-change converge "
+                             "N/1 and revocation on N hosts; N containers, about 30-60 min)")
+    parser.add_argument("--revoke-before", default=None, metavar="REF",
+                        help="with --users or --hosts: the before figure of the revocation rows "
+                             "(revoke_cert.yml of REF, git archive)")
+    parser.add_argument("--skip-ca", action="store_true",
+                        help="leave out the CA and issue_cert.yml rows (only the container rows)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -225,6 +246,50 @@ def main():
         return ca_worker(args.worker, args.rounds, args.work)
     if not 1 <= args.rounds <= 50 or not 1 <= args.devices <= 500 or not 1 <= args.separate <= 100:
         parser.error("--rounds 1-50, --devices 1-500, --separate 1-100")
+    if not 0 <= args.hosts <= 12:
+        parser.error("--hosts 1-12")
+    if args.skip_ca and not (args.users or args.hosts):
+        parser.error("--skip-ca leaves nothing to run without --users or --hosts")
+    if args.revoke_before and not (args.users or args.hosts):
+        parser.error("--revoke-before needs --users or --hosts")
+    ok = True
+    if not args.skip_ca:
+        ok = ca_and_playbook_rows(args)
+    ok = container_rows(args) and ok
+    return 0 if ok else 1
+
+
+def container_rows(args):
+    """The rows that need systemd-booted containers: sibling scripts, one after the other."""
+    ok = True
+    runs = []
+    if args.users:
+        cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "many_users.py"), "-n", str(args.users), "--revoke"]
+        if args.users_before:
+            cmd += ["--before", args.users_before]
+        if args.revoke_before:
+            cmd += ["--revoke-before", args.revoke_before]
+        runs.append(cmd)
+    if args.hosts:
+        cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "many_hosts.py"), "-n", str(args.hosts)]
+        if args.revoke_before:
+            cmd += ["--revoke-before", args.revoke_before]
+        runs.append(cmd)
+    for cmd in runs:
+        print("\n" + " ".join(cmd), flush=True)
+        try:
+            rc = subprocess.run(cmd, cwd=ROOT, timeout=7200, check=False).returncode
+        except subprocess.TimeoutExpired:
+            print("%s did not finish within 7200 s" % os.path.basename(cmd[1]), flush=True)
+            rc = 1
+        if rc != 0:
+            print("%s: rows missing or goals not met (rc %d)" % (os.path.basename(cmd[1]), rc), flush=True)
+        ok = rc == 0 and ok
+    return ok
+
+
+def ca_and_playbook_rows(args):
+    """Rows 1-3: the CA index, the CRL and issue_cert.yml, before and after."""
     ref = args.before or before_ref()
     scratch = tempfile.mkdtemp(prefix="scale-before-")
     try:
@@ -265,14 +330,7 @@ def main():
         print("%-44s %12s %11.1fx   >= 20x: %s" % ("  separate / one run", "1.0x", ratio, "met" if met else "NOT met"))
         print("  (one run per device: %d runs timed, mean x %d; every bundle and .pass file checked 0600)"
               % (timed_runs, args.devices))
-    if args.users:
-        # The converge rows need systemd-booted containers: a sibling script.
-        cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "many_users.py"), "-n", str(args.users), "--revoke"]
-        if args.users_before:
-            cmd += ["--before", args.users_before]
-        print("\n" + " ".join(cmd), flush=True)
-        ok = subprocess.run(cmd, cwd=ROOT, timeout=6000, check=False).returncode == 0 and ok
-    return 0 if ok else 1
+    return ok
 
 
 if __name__ == "__main__":
