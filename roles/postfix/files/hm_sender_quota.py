@@ -101,7 +101,8 @@ def parse_quota(text):
         raise QuotaError("not valid JSON: %s" % exc)
     if not isinstance(data, dict):
         raise QuotaError("the quota file must hold a JSON object with 'defaults' and 'users'")
-    unknown = sorted(set(data) - {"defaults", "users"})
+    # Keys starting with "_" are comments (the role names itself in "_comment").
+    unknown = sorted(key for key in set(data) - {"defaults", "users"} if not key.startswith("_"))
     if unknown:
         raise QuotaError("unknown top-level key(s) %s (known: defaults, users)" % ", ".join(unknown))
     defaults = _limits(data.get("defaults"), "defaults", partial=False)
