@@ -182,6 +182,35 @@ def test_postfwd_is_not_used_and_a_previous_versions_postfwd_is_retired(instance
         assert installed != "install ok installed", installed
 
 
+def test_bad_quota_settings_are_refused_before_any_change(instance):
+    watched = ["/etc/postfix/hardened/sender_quota.json", "/etc/postfix/master.cf"]
+    before = instance.run("sha256sum", *watched).stdout
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".collections"),
+               ANSIBLE_ROLES_PATH=os.path.join(ROOT, "roles"))
+    bad = {"hardened_mailhost_mail_domains": ["example.test", "example.org"], "postfix_sender_guard_enabled": True,
+           "postfix_quota_messages_per_hour": 0, "postfix_quota_recipients_per_day": -5,
+           "postfix_quota_overrides": {"carol": {"messages_per_hour": -1}}}
+    proc = subprocess.run(
+        [shutil.which("ansible-playbook") or "ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+         os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "bad_mail_domains.yml"), "--limit", instance.name,
+         "-e", json.dumps(bad)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "postfix_quota_messages_per_hour must be a whole number of at least 1." in out, out[-3000:]
+    assert "postfix_quota_recipients_per_day must be a whole number of at least 1." in out, out[-3000:]
+    assert "postfix_quota_overrides must map user names" in out and "Nothing was changed." in out, out[-3000:]
+    assert "changed=0" in out, out[-3000:]
+    assert instance.run("sha256sum", *watched).stdout == before
+    # The check the role's template runs before a quota file replaces the live one.
+    instance.run("sh", "-c", "printf '%s' '{\"defaults\": {\"messages_per_hour\": 0}}' > /tmp/bad-quota.json")
+    check = instance.run("python3", "/usr/local/lib/hardened-mailhost/ccert_sender_policy.py", "--check-quota",
+                         "/tmp/bad-quota.json", check=False)
+    assert check.returncode == 1 and "quota file rejected" in check.stderr, check
+    good = instance.run("python3", "/usr/local/lib/hardened-mailhost/ccert_sender_policy.py", "--check-quota",
+                        "/etc/postfix/hardened/sender_quota.json", check=False)
+    assert good.returncode == 0 and "1 user override(s)" not in good.stdout and "2 user override(s)" in good.stdout, good
+
+
 def test_alarm_suspends_both_identities_holds_and_reports(instance, ephemeral_dir):
     cert_id = "cert:" + fingerprint(ephemeral_dir, "carol-phone")
     wanted = {cert_id, "login:dave+phone"}

@@ -26,8 +26,14 @@ The map file is read again whenever its modification time changes. A missing
 or unreadable map is answered with ``DEFER`` (fail closed, temporary).
 
 Postfix also asks it at the end of every message on 465/587
-(``smtpd_end_of_data_restrictions``, after the quota check), when the queue ID
-exists: it then logs one line naming the identity that sent the message,
+(``smtpd_end_of_data_restrictions``), when the queue ID exists. With
+``--quota=QUOTA_FILE --quota-db=QUOTA_DB`` (the sender guard) it first counts
+the message and its ``recipient_count`` against the identity's quotas
+(``hm_sender_quota``, installed beside it) and answers ``450 4.7.1 ...
+(hm-quota <rule> <identity>)`` beyond one, without counting it; a quota file
+or counter database it cannot use gives ``DEFER`` (fail closed, temporary).
+``--check-quota FILE`` checks a quota file and exits (0 good, 1 with the
+reason). For an accepted message it then logs one line naming the identity,
 under the syslog name ``postfix/hm-identity`` (the abuse alarm,
 ``hm_sender_guard``, reads these lines)::
 
@@ -53,7 +59,7 @@ both). The map argument may be ``-`` when no certificate relays (app
 passwords only): then every certificate is unknown.
 
 Runs on Python 3.8+ with the standard library only (and the sender login
-table parser of the header From milter, installed beside it).
+table parser of the header From milter and the quota module, installed beside it).
 """
 
 from __future__ import absolute_import, division, print_function
