@@ -152,6 +152,8 @@ def test_quota_counters_are_the_policy_users_alone_and_survive_a_postfix_restart
     before = quota_counters(instance)
     # carol-phone tried six messages: four counted, the two refused were not.
     assert before[cert_id]["hour"]["messages"] == 4 and before[cert_id]["day"]["messages"] == 4, before
+    # One recipient each: Postfix's recipient_count reaches the counters.
+    assert before[cert_id]["hour"]["recipients"] == 4 and before[cert_id]["day"]["recipients"] == 4, before
     bob = before["login:bob+phone"]["day"]["messages"]
     assert bob >= 1, before
     instance.run("systemctl", "restart", "postfix")
