@@ -43,7 +43,8 @@ def store_at(tmp_path, clock=None):
     return quota_mod.QuotaStore(str(tmp_path / "quota.sqlite"), clock=clock or Clock())
 
 
-def write_quota(tmp_path, data=QUOTA):
+def write_quota(tmp_path, data=None):
+    data = QUOTA if data is None else data
     path = tmp_path / "sender_quota.json"
     path.write_text(data if isinstance(data, str) else json.dumps(data))
     return path
@@ -109,7 +110,7 @@ def test_messages_per_hour_refuses_beyond_the_limit_and_a_new_hour_starts_afresh
     clock = Clock()
     store = store_at(tmp_path, clock)
     limits = dict(DEFAULTS, messages_per_hour=3, messages_per_day=5, recipients_per_day=100, recipients_per_hour=100)
-    assert [store.charge("login:bob+pc", 1, limits) for _ in range(4)] == [None, None, None, "messages-per-hour"]
+    assert [store.charge("login:bob+pc", 1, limits) for dummy in range(4)] == [None, None, None, "messages-per-hour"]
     clock.now += 3599
     assert store.charge("login:bob+pc", 1, limits) == "messages-per-hour"
     clock.now += 1  # the hour that began with the first message has ended
@@ -137,7 +138,7 @@ def test_a_refused_message_is_not_counted(tmp_path):
     assert store.charge("login:bob+pc", 1, limits) is None
     assert store.charge("login:bob+pc", 1, limits) is None
     before = store.counters()
-    for _ in range(5):
+    for dummy in range(5):
         assert store.charge("login:bob+pc", 1, limits) == "messages-per-hour"
     assert store.counters() == before
     assert before["login:bob+pc"]["day"]["messages"] == 2
@@ -156,7 +157,7 @@ def test_counts_survive_reopening_the_file(tmp_path):
     clock = Clock()
     limits = dict(DEFAULTS, messages_per_hour=3)
     first = store_at(tmp_path, clock)
-    assert [first.charge("login:bob+pc", 2, limits) for _ in range(2)] == [None, None]
+    assert [first.charge("login:bob+pc", 2, limits) for dummy in range(2)] == [None, None]
     first.close()
     second = store_at(tmp_path, clock)
     assert second.counters()["login:bob+pc"]["hour"] == {"messages": 2, "recipients": 4, "ends": int(clock.now + 3600)}
@@ -189,7 +190,7 @@ def _worker(path, count, queue):
     store = quota_mod.QuotaStore(path)
     limits = dict(DEFAULTS, messages_per_hour=50, messages_per_day=1000, recipients_per_hour=1000,
                   recipients_per_day=1000)
-    results = [store.charge("login:bob+pc", 1, limits) for _ in range(count)]
+    results = [store.charge("login:bob+pc", 1, limits) for dummy in range(count)]
     store.close()
     queue.put(sum(1 for r in results if r is None))
 
@@ -198,10 +199,10 @@ def test_several_processes_share_the_counters_and_never_exceed_the_quota(tmp_pat
     path = str(tmp_path / "quota.sqlite")
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    workers = [ctx.Process(target=_worker, args=(path, 20, queue)) for _ in range(4)]
+    workers = [ctx.Process(target=_worker, args=(path, 20, queue)) for dummy in range(4)]
     for worker in workers:
         worker.start()
-    accepted = [queue.get(timeout=60) for _ in workers]
+    accepted = [queue.get(timeout=60) for dummy in workers]
     for worker in workers:
         worker.join(timeout=60)
         assert worker.exitcode == 0
@@ -229,7 +230,7 @@ def eod(**attrs):
     return "".join("%s=%s\n" % item for item in base.items()) + "\n"
 
 
-def quotas_at(tmp_path, data=QUOTA):
+def quotas_at(tmp_path, data=None):
     return policy.Quotas(quota_mod.QuotaFile(str(write_quota(tmp_path, data))), store_at(tmp_path))
 
 
