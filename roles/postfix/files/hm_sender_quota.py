@@ -131,7 +131,7 @@ def load_quota(path):
 
 def user_of(identity, address=""):
     """The user whose override applies: ``alice`` for ``login:alice+phone`` or a certificate of alice@..."""
-    kind, _, name = identity.partition(":")
+    kind, dummy, name = identity.partition(":")
     if kind == "cert":
         name = address
     return name.lower().partition("@")[0].partition("+")[0]
