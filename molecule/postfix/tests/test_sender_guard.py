@@ -1,7 +1,9 @@
 """Leaked-credential containment on 465/587 (issue 14), through the real Postfix.
 
-The identity line with the queue ID, the per-identity quota (postfwd, 450
-4.7.1), the abuse alarm (hm-sender-guard.timer, every 10 s in this scenario)
+The identity line with the queue ID, the per-identity quota (counted by the
+policy service in SQLite, 450 4.7.1; refused messages not counted; the
+counters kept over a restart of Postfix; postfwd, which counted them before,
+retired on a host the previous version converged), the abuse alarm (hm-sender-guard.timer, every 10 s in this scenario)
 suspending a certificate over its quota and an app password (one device:
 ``dave+phone``, while ``dave+tablet`` still sends) over its bounces, the
 administrator's report at the sink, held mail, and the suspend/resume
@@ -28,6 +30,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 SINK_DIR = "/var/tmp/hm-sink"
 GUARD = "/usr/local/sbin/hm-sender-guard"
+QUOTA_MODULE = "/usr/local/lib/hardened-mailhost/hm_sender_quota.py"
+QUOTA_DIR = "/var/lib/hardened-mailhost/quota"
+QUOTA_DB = QUOTA_DIR + "/quota.sqlite"
 
 
 def token():
@@ -96,6 +101,11 @@ def run_playbook(instance, tmp_path, name, *extra, expect_ok=True):
     return proc.stdout + proc.stderr
 
 
+def quota_counters(instance):
+    """The running quota windows, read on the host (as the counters' owner)."""
+    return json.loads(instance.run("python3", QUOTA_MODULE, "--show", QUOTA_DB).stdout)
+
+
 def changed_count(output):
     return int(re.search(r"changed=(\d+)", output.rpartition("PLAY RECAP")[2]).group(1))
 
@@ -127,6 +137,80 @@ def test_quota_defers_a_certificate_and_bounces_pile_up_for_an_app_password(inst
     for n in range(3):
         out = send_login(instance, ephemeral_dir, "dave", "bounce-%d@sink.test" % n, token())
         assert out.stage == "sent", out
+
+
+def test_quota_counters_are_the_policy_users_alone_and_survive_a_postfix_restart(instance, ephemeral_dir):
+    cert_id = "cert:" + fingerprint(ephemeral_dir, "carol-phone")
+    # The policy service runs as its own user, who alone reads and writes the counters.
+    assert "user=hm-policy " in instance.run("postconf", "-M", "hm-ccert-policy/unix").stdout
+    modes = instance.run("stat", "-c", "%n %U %G %a", "/var/lib/hardened-mailhost", QUOTA_DIR, QUOTA_DB,
+                         "/etc/postfix/hardened/sender_quota.json").stdout.splitlines()
+    assert modes == ["/var/lib/hardened-mailhost root root 755", QUOTA_DIR + " hm-policy hm-policy 700",
+                     QUOTA_DB + " hm-policy hm-policy 600",
+                     "/etc/postfix/hardened/sender_quota.json root hm-policy 640"], modes
+    assert instance.run("runuser", "-u", "postfix", "--", "cat", QUOTA_DB, check=False).returncode != 0
+    before = quota_counters(instance)
+    # carol-phone tried six messages: four counted, the two refused were not.
+    assert before[cert_id]["hour"]["messages"] == 4 and before[cert_id]["day"]["messages"] == 4, before
+    # One recipient each: Postfix's recipient_count reaches the counters.
+    assert before[cert_id]["hour"]["recipients"] == 4 and before[cert_id]["day"]["recipients"] == 4, before
+    bob = before["login:bob+phone"]["day"]["messages"]
+    assert bob >= 1, before
+    instance.run("systemctl", "restart", "postfix")
+    instance.run("sh", "-c", "for i in $(seq 60); do ss -ltn | grep -q ':587 ' && exit 0; sleep 0.5; done; exit 1")
+    after = quota_counters(instance)
+    assert after[cert_id] == before[cert_id], (before, after)
+    # The next message of bob's phone counts on from where it was.
+    tok = token()
+    assert send_login(instance, ephemeral_dir, "bob", "friend@sink.test", tok).stage == "sent"
+    assert quota_counters(instance)["login:bob+phone"]["day"]["messages"] == bob + 1
+
+
+def test_postfwd_is_not_used_and_a_previous_versions_postfwd_is_retired(instance):
+    # Postfix asks no postfwd (127.0.0.1:10040) any more.
+    config = instance.run("postconf", "-M").stdout + instance.run("postconf", "-P").stdout
+    assert "10040" not in config and "hm-ccert-policy" in config
+    assert instance.run("sh", "-c", "ss -ltn | grep -q ':10040 '", check=False).returncode != 0
+    assert instance.run("test", "-e", "/etc/postfix/hardened/postfwd.cf", check=False).returncode != 0
+    installed = instance.run("dpkg-query", "-W", "-f", "${Status}", "postfwd", check=False).stdout
+    if instance.platform == "debian12":
+        # prepare_tasks.yml left it as the previous version did: stopped and
+        # disabled by the converge, the package itself kept.
+        assert installed == "install ok installed", installed
+        assert instance.run("systemctl", "is-active", "postfwd", check=False).stdout.strip() == "inactive"
+        assert instance.run("systemctl", "is-enabled", "postfwd", check=False).stdout.strip() != "enabled"
+    else:
+        # A fresh host never gets it.
+        assert installed != "install ok installed", installed
+
+
+def test_bad_quota_settings_are_refused_before_any_change(instance):
+    watched = ["/etc/postfix/hardened/sender_quota.json", "/etc/postfix/master.cf"]
+    before = instance.run("sha256sum", *watched).stdout
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".collections"),
+               ANSIBLE_ROLES_PATH=os.path.join(ROOT, "roles"))
+    bad = {"hardened_mailhost_mail_domains": ["example.test", "example.org"], "postfix_sender_guard_enabled": True,
+           "postfix_quota_messages_per_hour": 0, "postfix_quota_recipients_per_day": -5,
+           "postfix_quota_overrides": {"carol": {"messages_per_hour": -1}}}
+    proc = subprocess.run(
+        [shutil.which("ansible-playbook") or "ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+         os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "bad_mail_domains.yml"), "--limit", instance.name,
+         "-e", json.dumps(bad)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "postfix_quota_messages_per_hour must be a whole number of at least 1." in out, out[-3000:]
+    assert "postfix_quota_recipients_per_day must be a whole number of at least 1." in out, out[-3000:]
+    assert "postfix_quota_overrides must map user names" in out and "Nothing was changed." in out, out[-3000:]
+    assert "changed=0" in out, out[-3000:]
+    assert instance.run("sha256sum", *watched).stdout == before
+    # The check the role's template runs before a quota file replaces the live one.
+    instance.run("sh", "-c", "printf '%s' '{\"defaults\": {\"messages_per_hour\": 0}}' > /tmp/bad-quota.json")
+    check = instance.run("python3", "/usr/local/lib/hardened-mailhost/ccert_sender_policy.py", "--check-quota",
+                         "/tmp/bad-quota.json", check=False)
+    assert check.returncode == 1 and "quota file rejected" in check.stderr, check
+    good = instance.run("python3", "/usr/local/lib/hardened-mailhost/ccert_sender_policy.py", "--check-quota",
+                        "/etc/postfix/hardened/sender_quota.json", check=False)
+    assert good.returncode == 0 and "1 user override(s)" not in good.stdout and "2 user override(s)" in good.stdout, good
 
 
 def test_alarm_suspends_both_identities_holds_and_reports(instance, ephemeral_dir):

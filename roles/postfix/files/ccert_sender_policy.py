@@ -26,8 +26,14 @@ The map file is read again whenever its modification time changes. A missing
 or unreadable map is answered with ``DEFER`` (fail closed, temporary).
 
 Postfix also asks it at the end of every message on 465/587
-(``smtpd_end_of_data_restrictions``, after the quota check), when the queue ID
-exists: it then logs one line naming the identity that sent the message,
+(``smtpd_end_of_data_restrictions``), when the queue ID exists. With
+``--quota=QUOTA_FILE --quota-db=QUOTA_DB`` (the sender guard) it first counts
+the message and its ``recipient_count`` against the identity's quotas
+(``hm_sender_quota``, installed beside it) and answers ``450 4.7.1 ...
+(hm-quota <rule> <identity>)`` beyond one, without counting it; a quota file
+or counter database it cannot use gives ``DEFER`` (fail closed, temporary).
+``--check-quota FILE`` checks a quota file and exits (0 good, 1 with the
+reason). For an accepted message it then logs one line naming the identity,
 under the syslog name ``postfix/hm-identity`` (the abuse alarm,
 ``hm_sender_guard``, reads these lines)::
 
@@ -53,19 +59,21 @@ both). The map argument may be ``-`` when no certificate relays (app
 passwords only): then every certificate is unknown.
 
 Runs on Python 3.8+ with the standard library only (and the sender login
-table parser of the header From milter, installed beside it).
+table parser of the header From milter and the quota module, installed beside it).
 """
 
 from __future__ import absolute_import, division, print_function
 
 import os
 import re
+import sqlite3
 import sys
 
 # The header From milter's package lives beside this file on the host
 # (both are installed whenever 465/587 are): one parser of the sender login table.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hm_header_from.tables import lookup_owners, parse_regexp_map  # noqa: E402  pylint: disable=wrong-import-position
+import hm_sender_quota  # noqa: E402  pylint: disable=wrong-import-position
 
 FINGERPRINT_RE = re.compile(r"^[0-9A-F]{2}(?::[0-9A-F]{2}){31}$")
 
@@ -120,20 +128,60 @@ def decide_login(attrs, rules):
     return "553 5.7.1 not owned by user %s" % re.sub(r"\s", "?", login)
 
 
-def identity(attrs, certs):
-    """The identity line for an END-OF-MESSAGE request, or None for other stages."""
-    if attrs.get("protocol_state", "").upper() != "END-OF-MESSAGE":
-        return None
-    queue_id = attrs.get("queue_id", "").strip() or "NOQUEUE"
-    client = attrs.get("client_address", "").strip() or "-"
+def sender_identity(attrs, certs):
+    """``(identity, address)`` of the request's sender, ``("none", "")`` without one.
+
+    ``cert:<fingerprint>`` for a listed certificate that verified, else
+    ``login:<SASL login>``: the strings of the identity line, the quota and the alarm.
+    """
     fingerprint = attrs.get("ccert_fingerprint", "").strip().upper()
     login = attrs.get("sasl_username", "").strip()
     if fingerprint and fingerprint in certs and attrs.get("ccert_subject"):
-        return "%s: identity=cert:%s address=%s client=%s" % (queue_id, fingerprint, certs[fingerprint], client)
+        return "cert:" + fingerprint, certs[fingerprint]
     if login:
         # A login name never holds white space (Dovecot refuses it); keep the line one token each.
-        return "%s: identity=login:%s client=%s" % (queue_id, re.sub(r"\s", "?", login), client)
-    return "%s: identity=none client=%s" % (queue_id, client)
+        return "login:" + re.sub(r"\s", "?", login), ""
+    return "none", ""
+
+
+def end_of_message(attrs):
+    return attrs.get("protocol_state", "").upper() == "END-OF-MESSAGE"
+
+
+def identity(attrs, certs):
+    """The identity line for an END-OF-MESSAGE request, or None for other stages."""
+    if not end_of_message(attrs):
+        return None
+    queue_id = attrs.get("queue_id", "").strip() or "NOQUEUE"
+    client = attrs.get("client_address", "").strip() or "-"
+    who, address = sender_identity(attrs, certs)
+    if address:
+        return "%s: identity=%s address=%s client=%s" % (queue_id, who, address, client)
+    return "%s: identity=%s client=%s" % (queue_id, who, client)
+
+
+def recipient_count(attrs):
+    try:
+        return max(int(attrs.get("recipient_count", "0").strip() or 0), 0)
+    except ValueError:
+        return 0
+
+
+class Quotas(object):
+    """The per-identity quotas (hm_sender_quota): the quota file and the counters."""
+
+    def __init__(self, quota_file, store):
+        self.quota_file = quota_file
+        self.store = store
+
+    def decide(self, attrs, certs):
+        """Count an accepted message; the refusal (4xx) when over a quota, else DUNNO."""
+        who, address = sender_identity(attrs, certs)
+        if who == "none":
+            return "DUNNO"
+        limits = self.quota_file.quota().limits_for(who, address)
+        rule = self.store.charge(who, recipient_count(attrs), limits)
+        return "DUNNO" if rule is None else hm_sender_quota.refusal(rule, who)
 
 
 class NoMap:
@@ -192,7 +240,7 @@ class MapFile:
         return self._certs
 
 
-def serve(instream, outstream, mapfile, log=None, log_identity=None, loginmap=None):
+def serve(instream, outstream, mapfile, log=None, log_identity=None, loginmap=None, quotas=None):
     """Answer requests until EOF; returns the number of requests answered."""
     loginmap = loginmap or NoLoginMap()
     attrs = {}
@@ -211,15 +259,22 @@ def serve(instream, outstream, mapfile, log=None, log_identity=None, loginmap=No
             if action == "DUNNO":
                 current = loginmap
                 action = decide_login(attrs, loginmap.rules())
+            if action == "DUNNO" and quotas is not None and end_of_message(attrs):
+                current = quotas
+                action = quotas.decide(attrs, certs)
             line = identity(attrs, certs)
             if line and log_identity and action == "DUNNO":
                 log_identity(line)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, sqlite3.Error) as exc:
+            if current is mapfile:
+                what, action = "client certificate map %s" % mapfile.path, "DEFER 4.3.5 Client certificate map unavailable"
+            elif current is loginmap:
+                what, action = "sender login map %s" % loginmap.path, "DEFER 4.3.5 Sender login map unavailable"
+            else:
+                what = "sending quota (%s, %s)" % (quotas.quota_file.path, quotas.store.path)
+                action = "DEFER 4.3.5 Sending quota unavailable"
             if log:
-                log("%s %s: %s" % ("client certificate map" if current is mapfile else "sender login map",
-                                   current.path, exc))
-            action = ("DEFER 4.3.5 Client certificate map unavailable" if current is mapfile
-                      else "DEFER 4.3.5 Sender login map unavailable")
+                log("%s: %s" % (what, exc))
         outstream.write("action=%s\n\n" % action)
         outstream.flush()
         answered += 1
@@ -227,9 +282,20 @@ def serve(instream, outstream, mapfile, log=None, log_identity=None, loginmap=No
     return answered
 
 
+USAGE = ("usage: %s [--quota=QUOTA_FILE --quota-db=QUOTA_DB] MAP_FILE [SENDER_LOGIN_MAP]\n"
+         "       %s --check-quota QUOTA_FILE\n")
+
+
 def main(argv):
-    if len(argv) not in (2, 3):
-        sys.stderr.write("usage: %s MAP_FILE [SENDER_LOGIN_MAP]\n" % argv[0])
+    prog = os.path.basename(argv[0])
+    if len(argv) == 3 and argv[1] == "--check-quota":
+        return hm_sender_quota.main([prog, "--check", argv[2]])
+    options = dict(arg[2:].split("=", 1) for arg in argv[1:] if arg.startswith("--") and "=" in arg)
+    args = [arg for arg in argv[1:] if not arg.startswith("--")]
+    flags = [arg for arg in argv[1:] if arg.startswith("--")]
+    if (len(args) not in (1, 2) or len(flags) != len(options) or set(options) - {"quota", "quota-db"}
+            or len(options) == 1):
+        sys.stderr.write(USAGE % (prog, prog))
         return 2
 
     # spawn(8) connects stdout (and stderr) to smtpd: log through syslog only.
@@ -243,9 +309,16 @@ def main(argv):
         syslog.openlog("postfix/hm-identity", 0, syslog.LOG_MAIL)
         syslog.syslog(syslog.LOG_INFO, message)
 
-    mapfile = NoMap() if argv[1] == "-" else MapFile(argv[1])
-    loginmap = LoginMapFile(argv[2]) if len(argv) == 3 else NoLoginMap()
-    serve(sys.stdin, sys.stdout, mapfile, log, log_identity, loginmap)
+    mapfile = NoMap() if args[0] == "-" else MapFile(args[0])
+    loginmap = LoginMapFile(args[1]) if len(args) == 2 else NoLoginMap()
+    quotas = None
+    if options:
+        quotas = Quotas(hm_sender_quota.QuotaFile(options["quota"]), hm_sender_quota.QuotaStore(options["quota-db"]))
+    try:
+        serve(sys.stdin, sys.stdout, mapfile, log, log_identity, loginmap, quotas)
+    finally:
+        if quotas is not None:
+            quotas.store.close()
     return 0
 
 

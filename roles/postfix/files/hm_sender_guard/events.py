@@ -12,7 +12,7 @@ IDENTITY_TAG = "postfix/hm-identity"
 IDENTITY_RE = re.compile(r"^(?P<qid>[0-9A-Za-z]+): identity=(?P<identity>(?:cert|login):\S+)"
                          r"(?: address=(?P<address>\S+))?")
 DELIVERY_RE = re.compile(r"^(?P<qid>[0-9A-Za-z]+): to=<(?P<rcpt>[^>]*)>,.*\bstatus=(?P<status>sent|bounced|deferred|expired)\b")
-# The text of postfwd's quota refusal (roles/postfix/templates/postfwd.cf.j2).
+# The marker of a quota refusal (hm_sender_quota.REFUSAL, answered by the policy service).
 QUOTA_RE = re.compile(r"\(hm-quota (?P<rule>[a-z-]+) (?P<identity>(?:cert|login):[^\s)]+)\)")
 
 Entry = collections.namedtuple("Entry", "time tag message")
