@@ -231,6 +231,40 @@ def test_465_revoked_certificate_stops_relaying(instance, ephemeral_dir, tmp_pat
 
 # ------------------------------------------------ app passwords (Dovecot SASL)
 
+
+TABLE = "/etc/postfix/hardened/relay_clientcerts"
+
+
+def test_push_heals_a_stale_table(instance):
+    """A push that stopped between the copy and postmap left the map newer than its
+    table: the next push rebuilds the table (and reloads); the one after changes nothing."""
+    scenario = os.environ["MOLECULE_SCENARIO_DIRECTORY"]
+    limit = ["--limit", instance.name]
+    instance.run("sh", "-c", 'touch -d "@$(( $(date +%%s) + 2 ))" %s' % TABLE)
+    built = instance.run("stat", "-c", "%Y", TABLE + ".db").stdout
+    time.sleep(3)
+    out = run_playbook(os.path.join(scenario, "push_client_certs.yml"), *limit).stdout
+    assert "changed=1" in out, out[-2000:]
+    assert instance.run("stat", "-c", "%Y", TABLE + ".db").stdout != built
+    out = run_playbook(os.path.join(scenario, "push_client_certs.yml"), *limit).stdout
+    assert "changed=0" in out, out[-2000:]
+
+
+def test_push_refuses_a_bad_map_and_changes_nothing(instance, tmp_path):
+    scenario = os.environ["MOLECULE_SCENARIO_DIRECTORY"]
+    bad = tmp_path / "relay_clientcerts"
+    bad.write_text("AB:CD alice@example.test\n")
+    live = instance.run("sha256sum", TABLE, TABLE + ".db").stdout
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", instance.name,
+         os.path.join(scenario, "push_client_certs.yml"), "-e", "postfix_relay_clientcerts_src=%s" % bad],
+        env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".collections")),
+        capture_output=True, text=True, timeout=300, check=False)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode != 0 and "is not a client certificate map" in out and "Nothing was changed" in out, out
+    assert instance.run("sha256sum", TABLE, TABLE + ".db").stdout == live
+
+
 def app_password(ephemeral_dir, instance, user, device):
     with open(os.path.join(ephemeral_dir, "app-%s-%s-%s" % (instance.name, user, device)), encoding="utf-8") as handle:
         return handle.read().strip()
