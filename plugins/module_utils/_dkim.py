@@ -123,6 +123,9 @@ def _new_private(algorithm):
 
 def public_value(algorithm, private_bytes):
     """The DKIM key record (``v=DKIM1; k=...; p=...``) of a private key file's content."""
+    if not HAS_CRYPTOGRAPHY:
+        raise DkimError("reading the existing DKIM keys needs the Python cryptography library "
+                        "on the host (%s)" % CRYPTOGRAPHY_IMPORT_ERROR)
     try:
         if algorithm == "rsa":
             key = serialization.load_pem_private_key(private_bytes, password=None)

@@ -16,8 +16,11 @@ COLLECTIONS = os.path.join(ROOT, ".collections")
 PACKAGE = "ansible_collections.hardened.mailhost.plugins.modules."
 
 
-def run_module(module, tmp_path, check=False, diff=False, timeout=120, **args):
+def run_module(module, tmp_path, check=False, diff=False, timeout=120, path_first=None, **args):
     """Run ``plugins/modules/<module>.py``; return (result dict, CompletedProcess).
+
+    ``path_first``: a folder put before the collections on PYTHONPATH (e.g. one whose
+    package shadows a library, to run the module as on a host without it).
 
     Fails the test when the module prints no JSON, or when its exit code and
     its ``failed`` flag disagree.
@@ -28,7 +31,7 @@ def run_module(module, tmp_path, check=False, diff=False, timeout=120, **args):
         args["_ansible_diff"] = True
     args_file = tmp_path / ("args-%s.json" % secrets.token_hex(4))
     args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (path_first, COLLECTIONS) if p))
     try:
         proc = subprocess.run([sys.executable, "-m", PACKAGE + module, str(args_file)], env=env,
                               capture_output=True, text=True, timeout=timeout, check=False)

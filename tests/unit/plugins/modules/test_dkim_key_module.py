@@ -160,3 +160,32 @@ def test_dkim_round_trip_through_the_generated_records(tmp_path):
     published.update({("%s._domainkey.example.org." % r["selector"]).encode(): r["value"].encode()
                       for r in other["dns_records"]})
     assert not verifies(signed, 0) and not verifies(signed, 1)
+
+
+def _without_cryptography(tmp_path):
+    """A folder whose ``cryptography`` package fails to import, as on a host without it."""
+    shadow = tmp_path / "no-cryptography" / "cryptography"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("No module named cryptography")\n')
+    return str(shadow.parent)
+
+
+def test_check_mode_on_a_fresh_host_without_cryptography(tmp_path):
+    # site.yml --check on a new host: the signer's package (which brings the
+    # library) is not installed yet; check mode must still say what it would do.
+    shadow = _without_cryptography(tmp_path)
+    checked, _proc = run(tmp_path, check=True, path_first=shadow)
+    assert checked["changed"] and not checked.get("failed"), checked
+    assert not (tmp_path / "keys").exists()
+    # A real run without the library refuses with the library named, and writes nothing.
+    refused, _proc = run(tmp_path, path_first=shadow)
+    assert refused["failed"] and "cryptography" in refused["msg"]
+    assert not (tmp_path / "keys").exists()
+
+
+def test_check_mode_without_cryptography_refuses_to_read_existing_keys(tmp_path):
+    run(tmp_path)
+    before = sorted(os.listdir(tmp_path / "keys" / "example.org"))
+    checked, _proc = run(tmp_path, check=True, path_first=_without_cryptography(tmp_path))
+    assert checked["failed"] and "cryptography library" in checked["msg"], checked
+    assert sorted(os.listdir(tmp_path / "keys" / "example.org")) == before
