@@ -1,7 +1,7 @@
 """ACME: the server certificate of Postfix and Dovecot from an ACME CA, renewed on the host.
 
 The ACME CA is Debian's pebble, running on each container itself on
-127.0.0.1:14000 (prepare_tasks.yml); it validates HTTP-01 by fetching port 80
+127.0.0.1:14000 (molecule/common/pebble_tasks.yml); it validates HTTP-01 by fetching port 80
 of the host's name, where certbot answers (standalone). The converge ran while
 pebble was stopped, so the mail ports start on the self-signed fallback (the
 first run with an unreachable CA locks nobody out). A check run of the acme
@@ -19,7 +19,6 @@ import fcntl
 import json
 import os
 import re
-import socket
 import ssl
 import subprocess
 import time
@@ -28,15 +27,12 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
+from hmtest.acme import (FALLBACK, HOOK, LIVE, PEBBLE_BUNDLE, STABLE, live_certificate, pebble_root,
+                         served_certificate, wait_for_pebble)
 from hmtest.instances import load_instances
 
 SCENARIO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASE_FILE = "/etc/hm-test-phase"  # written by side_effect.yml
-LIVE = "/etc/letsencrypt/live/hardened-mailhost"
-STABLE = {"cert": "/etc/ssl/hardened-mailhost/acme/fullchain.pem", "key": "/etc/ssl/hardened-mailhost/acme/privkey.pem"}
-FALLBACK = {"cert": "/etc/ssl/hardened-mailhost/server.crt", "key": "/etc/ssl/hardened-mailhost/server.key"}
-PEBBLE_BUNDLE = "/etc/hm-pebble/tls.crt"
-HOOK = "/etc/letsencrypt/renewal-hooks/deploy/50-hardened-mailhost"
 RENEW = ["env", "REQUESTS_CA_BUNDLE=" + PEBBLE_BUNDLE, "certbot", "renew", "--force-renewal",
          "--cert-name", "hardened-mailhost", "--no-random-sleep-on-renew"]
 MAX_GAP = 1.0  # seconds a mail port may go without a successful handshake starting (acme_probe.py)
@@ -86,29 +82,11 @@ def host_state(instance):
                         " sha256sum %s" % (STABLE["cert"], STABLE["key"], HOOK), check=False).stdout
 
 
-def pebble_root(instance):
-    script = ("import ssl, urllib.request; ctx = ssl.create_default_context(cafile=%r);"
-              " print(urllib.request.urlopen('https://127.0.0.1:15000/roots/0', context=ctx, timeout=10)"
-              ".read().decode())" % PEBBLE_BUNDLE)
-    return instance.run("python3", "-c", script).stdout
-
-
-def served_certificate(instance, port, ctx, hostname):
-    """Leaf certificate that ``port`` presents (through its published port) to ``ctx``."""
-    with socket.create_connection(("127.0.0.1", instance.port(port)), timeout=30) as sock:
-        with ctx.wrap_socket(sock, server_hostname=hostname) as tls:
-            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
-
-
 def client_ctx(ephemeral_dir, cadata=None):
     ctx = ssl.create_default_context(cadata=cadata) if cadata else ssl._create_unverified_context()
     base = os.path.join(ephemeral_dir, "pki", "certs", "alice-valid")
     ctx.load_cert_chain(base + ".crt", base + ".key")  # IMAP may require one (cert-required mode)
     return ctx
-
-
-def live_certificate(instance):
-    return x509.load_pem_x509_certificate(instance.run("cat", LIVE + "/cert.pem").stdout.encode())
 
 
 def test_bad_acme_settings_are_refused_before_anything_changes():
@@ -155,9 +133,7 @@ def test_acme_certificate_issued_served_and_renewed_without_closing_the_ports(ep
         for instance in instances:
             instance.run("systemctl", "start", "hm-pebble")
         for instance in instances:
-            assert instance.run("sh", "-c", "for i in $(seq 50); do python3 -c 'import socket;"
-                                " socket.create_connection((\"127.0.0.1\", 15000), 1)' 2>/dev/null && exit 0;"
-                                " sleep 0.2; done; exit 1", check=False).returncode == 0
+            assert wait_for_pebble(instance)
         roots = {i.name: pebble_root(i) for i in instances}
         # pebble's root does not vouch for the self-signed fallback.
         for instance in instances:
