@@ -40,13 +40,18 @@ policy process master(8) spawns (one per SMTP session, several at once). One
 two sessions of one identity cannot both take the last message of a quota.
 The file survives a restart of Postfix and a reboot; with
 ``synchronous=NORMAL`` a power cut may lose the last few counts, never
-corrupt the file. Windows that have ended are deleted by the first message of
+corrupt the file. Writers queue on ``flock`` of a lock file beside the
+database before ``BEGIN IMMEDIATE``: the kernel wakes the next one as soon as
+the lock is free, where SQLite's own busy handler would sleep 1, 2, 5, 10 ...
+ms between retries (measured: +6 ms at the end of DATA with 20 sessions,
+without the lock file; see docs/benchmarks/policy.md). Windows that have ended are deleted by the first message of
 each process and then every ``PRUNE_EVERY`` messages (a few rows per
 identity, so this is cheap).
 """
 
 from __future__ import absolute_import, division, print_function
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -172,6 +177,7 @@ class QuotaStore(object):
         self.path = path
         self.clock = clock
         self._db = None
+        self._lock = None
         self._until_prune = 0
 
     def _connect(self):
@@ -179,7 +185,12 @@ class QuotaStore(object):
             # The file and its -wal/-shm companions: the service user's only.
             old = os.umask(0o077)
             try:
-                db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000.0, isolation_level=None)
+                lock = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+                try:
+                    db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000.0, isolation_level=None)
+                except Exception:
+                    os.close(lock)
+                    raise
                 try:
                     db.execute("PRAGMA busy_timeout = %d" % BUSY_TIMEOUT_MS)
                     if db.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
@@ -188,16 +199,18 @@ class QuotaStore(object):
                     db.execute(SCHEMA)
                 except Exception:
                     db.close()
+                    os.close(lock)
                     raise
             finally:
                 os.umask(old)
-            self._db = db
+            self._db, self._lock = db, lock
         return self._db
 
     def close(self):
         if self._db is not None:
             self._db.close()
-            self._db = None
+            os.close(self._lock)
+            self._db, self._lock = None, None
 
     def charge(self, identity, recipients, limits):
         """Count one message of ``recipients`` for ``identity`` unless a quota is reached.
@@ -209,6 +222,13 @@ class QuotaStore(object):
         recipients = max(int(recipients), 0)
         now = self.clock()
         db = self._connect()
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            return self._charge(db, identity, recipients, limits, now)
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    def _charge(self, db, identity, recipients, limits, now):
         db.execute("BEGIN IMMEDIATE")
         try:
             if self._until_prune <= 0:
