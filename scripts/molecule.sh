@@ -49,9 +49,11 @@ report_failure() {
     plain_log "$s" >"$clean"
     echo "==> failed scenario $s: steps"
     grep -E ' ➜ [a-z_]+: Executed: Failed' "$clean" | sort -u
-    if grep -q '= FAILURES =\|= ERRORS =' "$clean"; then
+    # Molecule's box wraps pytest's banners: "==== FAILURES" and its closing
+    # "====" may land on two lines, so only the opening half is matched.
+    if grep -q '=\{5,\} \(FAILURES\|ERRORS\)' "$clean"; then
         echo "==> failed scenario $s: pytest failures (first 400 lines)"
-        sed -n '/=\{5,\} \(FAILURES\|ERRORS\) =\{5,\}/,/short test summary info/p' "$clean" | head -n 400
+        sed -n '/=\{5,\} \(FAILURES\|ERRORS\)/,/short test summary info/p' "$clean" | head -n 400
         echo "==> failed scenario $s: pytest summary"
         sed -n '/short test summary info/,/=\{5,\} .* in [0-9.]*s/p' "$clean" | head -n 60
     fi
