@@ -72,7 +72,7 @@ import sys
 # The header From milter's package lives beside this file on the host
 # (both are installed whenever 465/587 are): one parser of the sender login table.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hm_header_from.tables import lookup_owners, parse_regexp_map  # noqa: E402  pylint: disable=wrong-import-position
+from hm_header_from.tables import WatchedFile, lookup_owners, parse_regexp_map  # noqa: E402  pylint: disable=wrong-import-position
 import hm_sender_quota  # noqa: E402  pylint: disable=wrong-import-position
 
 FINGERPRINT_RE = re.compile(r"^[0-9A-F]{2}(?::[0-9A-F]{2}){31}$")
@@ -168,7 +168,8 @@ def recipient_count(attrs):
 
 
 class Quotas(object):
-    """The per-identity quotas (hm_sender_quota): the quota file and the counters."""
+    """The per-identity quotas (hm_sender_quota): the quota file (a ``WatchedFile`` of
+    ``hm_sender_quota.parse_quota``) and the counters."""
 
     def __init__(self, quota_file, store):
         self.quota_file = quota_file
@@ -179,7 +180,7 @@ class Quotas(object):
         who, address = sender_identity(attrs, certs)
         if who == "none":
             return "DUNNO"
-        limits = self.quota_file.quota().limits_for(who, address)
+        limits = self.quota_file.value().limits_for(who, address)
         rule = self.store.charge(who, recipient_count(attrs), limits)
         return "DUNNO" if rule is None else hm_sender_quota.refusal(rule, who)
 
@@ -204,40 +205,24 @@ class NoLoginMap:
         return None
 
 
-class LoginMapFile:
+class LoginMapFile(WatchedFile):
     """The role's ``sender_login.regexp``, parsed again only when it changes."""
 
     def __init__(self, path):
-        self.path = path
-        self._sig = None
-        self._rules = None
+        super().__init__(path, parse_regexp_map)
 
     def rules(self):
-        st = os.stat(self.path)
-        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if sig != self._sig:
-            with open(self.path, encoding="utf-8") as handle:
-                self._rules = parse_regexp_map(handle.read())
-            self._sig = sig
-        return self._rules
+        return self.value()
 
 
-class MapFile:
-    """The map file, parsed again only when its mtime or size changes."""
+class MapFile(WatchedFile):
+    """The map file, parsed again only when it changes."""
 
     def __init__(self, path):
-        self.path = path
-        self._sig = None
-        self._certs = None
+        super().__init__(path, parse_map)
 
     def certs(self):
-        st = os.stat(self.path)
-        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if sig != self._sig:
-            with open(self.path, encoding="utf-8") as handle:
-                self._certs = parse_map(handle.read())
-            self._sig = sig
-        return self._certs
+        return self.value()
 
 
 def serve(instream, outstream, mapfile, log=None, log_identity=None, loginmap=None, quotas=None):
@@ -313,7 +298,8 @@ def main(argv):
     loginmap = LoginMapFile(args[1]) if len(args) == 2 else NoLoginMap()
     quotas = None
     if options:
-        quotas = Quotas(hm_sender_quota.QuotaFile(options["quota"]), hm_sender_quota.QuotaStore(options["quota-db"]))
+        quotas = Quotas(WatchedFile(options["quota"], hm_sender_quota.parse_quota),
+                        hm_sender_quota.QuotaStore(options["quota-db"]))
     try:
         serve(sys.stdin, sys.stdout, mapfile, log, log_identity, loginmap, quotas)
     finally:

@@ -153,23 +153,6 @@ class Quota(object):
         return self.users.get(user_of(identity, address), self.defaults)
 
 
-class QuotaFile(object):
-    """The quota file, parsed again only when it changes."""
-
-    def __init__(self, path):
-        self.path = path
-        self._sig = None
-        self._quota = None
-
-    def quota(self):
-        st = os.stat(self.path)
-        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if sig != self._sig:
-            self._quota = load_quota(self.path)
-            self._sig = sig
-        return self._quota
-
-
 class QuotaStore(object):
     """The counters in one SQLite file, opened on first use."""
 

@@ -79,8 +79,8 @@ def lookup_owners(rules, address):
     return []
 
 
-class _WatchedFile:
-    """A file parsed again only when it changes."""
+class WatchedFile:
+    """A file parsed again only when it changes (also the policy service's maps and quota file)."""
 
     def __init__(self, path, parse):
         self.path = path
@@ -105,8 +105,8 @@ class Tables:
     """What :func:`hm_header_from.decision.decide` asks about identities."""
 
     def __init__(self, clientcerts_path, sender_login_path, domains):
-        self._certs = _WatchedFile(clientcerts_path, parse_clientcerts) if clientcerts_path else None
-        self._logins = _WatchedFile(sender_login_path, parse_regexp_map) if sender_login_path else None
+        self._certs = WatchedFile(clientcerts_path, parse_clientcerts) if clientcerts_path else None
+        self._logins = WatchedFile(sender_login_path, parse_regexp_map) if sender_login_path else None
         self.domains = frozenset(d.lower().rstrip(".") for d in domains)
         if not self.domains:
             raise ValueError("no mail domain given")

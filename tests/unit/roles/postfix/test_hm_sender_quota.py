@@ -231,7 +231,7 @@ def eod(**attrs):
 
 
 def quotas_at(tmp_path, data=None):
-    return policy.Quotas(quota_mod.QuotaFile(str(write_quota(tmp_path, data))), store_at(tmp_path))
+    return policy.Quotas(policy.WatchedFile(str(write_quota(tmp_path, data)), quota_mod.parse_quota), store_at(tmp_path))
 
 
 def test_policy_refuses_over_quota_with_the_marker_the_alarm_reads_and_logs_no_identity(tmp_path):
@@ -267,7 +267,7 @@ def test_policy_counts_only_at_the_end_of_a_message_and_not_without_an_identity(
 
 def test_policy_defers_when_the_quota_file_is_malformed_or_missing(tmp_path):
     bad = write_quota(tmp_path, {"defaults": dict(DEFAULTS, messages_per_hour=0)})
-    quotas = policy.Quotas(quota_mod.QuotaFile(str(bad)), store_at(tmp_path))
+    quotas = policy.Quotas(policy.WatchedFile(str(bad), quota_mod.parse_quota), store_at(tmp_path))
     logged, stdout = [], io.StringIO()
     policy.serve(io.StringIO(eod(sasl_username="bob+pc")), stdout, policy.NoMap(), logged.append, quotas=quotas)
     assert stdout.getvalue() == "action=DEFER 4.3.5 Sending quota unavailable\n\n"
@@ -279,7 +279,7 @@ def test_policy_defers_when_the_quota_file_is_malformed_or_missing(tmp_path):
 
 
 def test_policy_defers_when_the_counters_cannot_be_written(tmp_path):
-    quota_file = quota_mod.QuotaFile(str(write_quota(tmp_path)))
+    quota_file = policy.WatchedFile(str(write_quota(tmp_path)), quota_mod.parse_quota)
     store = quota_mod.QuotaStore(str(tmp_path / "missing-dir" / "quota.sqlite"))
     stdout = io.StringIO()
     policy.serve(io.StringIO(eod(sasl_username="bob+pc")), stdout, policy.NoMap(), [].append,
