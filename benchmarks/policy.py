@@ -295,13 +295,11 @@ def in_container(script, deadline, cap=120):
     return run(["podman", "exec", NAME, "/bin/sh", "-c", script], deadline.left(cap))[1]
 
 
-ALARM_IN_ON = [True]  # --without-alarm: the ON runs keep the alarm timer stopped
-
-
-def switch(on, deadline):
-    """Put the guard ON or OFF: master.cf (quota options, suspension maps) and the alarm timer."""
+def switch(on, deadline, alarm=True):
+    """Put the guard ON or OFF: master.cf (quota options, suspension maps) and the alarm
+    timer (kept stopped when ``alarm`` is false: --without-alarm)."""
     units = "hm-sender-guard.timer"
-    start = on and ALARM_IN_ON[0]
+    start = on and alarm
     in_container("set -e; cp /root/master.cf.%s /etc/postfix/master.cf; systemctl %s %s; postfix reload >/dev/null 2>&1;"
                  " sleep 2" % ("on" if on else "off", "start" if start else "stop", units), deadline)
 
@@ -589,15 +587,18 @@ def benchmark(args, deadline, state):
     report["versions"] = in_container(
         "dpkg-query -W -f '${Package} ${Version}\\n' postfix dovecot-core python3 libsqlite3-0", deadline).split("\n")
 
-    switch(False, deadline)
+    def switch_to(on):
+        switch(on, deadline, alarm=not args.without_alarm)
+
+    switch_to(False)
     report["canary_off"] = canary(smtp_port, passwords[CANARY], expect_refusal=False)
-    switch(True, deadline)
+    switch_to(True)
     report["canary_on"] = canary(smtp_port, passwords[CANARY], expect_refusal=True)
     print("canary: guard OFF %s, ON %s (the quota is in the ON path)" % (report["canary_off"], report["canary_on"]),
           flush=True)
 
     # A warm-up run of each, not counted (TLS session caches, Python imports of the policy service).
-    switch(False, deadline)
+    switch_to(False)
     one_run("warm", smtp_port, users, passwords, args)
     runs = {"off": [], "on": []}
     order = []
@@ -607,7 +608,7 @@ def benchmark(args, deadline, state):
     for kind in order:
         deadline.left(60)
         if (kind == "on") != current:
-            switch(kind == "on", deadline)
+            switch_to(kind == "on")
             current = kind == "on"
             # The reload ends smtpd and its spawned policy processes: start the new
             # ones (Python and its imports, the quota database) outside the timed run,
@@ -616,7 +617,7 @@ def benchmark(args, deadline, state):
         runs[kind].append(one_run(kind.upper(), smtp_port, users, passwords, args, deadline))
     report["runs"] = {k: [{x: y for x, y in r.items() if not x.startswith("_")} for r in v] for k, v in runs.items()}
     # The policy service on its own (guard ON: quota counted), one connection and as many as the sessions.
-    switch(True, deadline)
+    switch_to(True)
     report["policy_alone"] = [probe_policy(deadline, args.messages, 1),
                               probe_policy(deadline, args.messages, args.sessions)]
     for item in report["policy_alone"]:
@@ -696,7 +697,6 @@ def main():
     parser.add_argument("--without-alarm", action="store_true",
                         help="ON runs with the alarm timer stopped: the quotas and suspension maps alone")
     args = parser.parse_args()
-    ALARM_IN_ON[0] = not args.without_alarm
     if not 1 <= args.messages <= MAX_MESSAGES or not 1 <= args.sessions <= MAX_SESSIONS:
         parser.error("--messages 1..%d and --sessions 1..%d" % (MAX_MESSAGES, MAX_SESSIONS))
     if args.messages < args.sessions:
