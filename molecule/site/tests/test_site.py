@@ -16,6 +16,7 @@ import uuid
 
 import pytest
 import yaml
+from cryptography import x509
 
 from hmtest import imap, mailbox, smtp, ssh
 
@@ -185,6 +186,63 @@ def test_revoked_device_a_is_refused_device_b_still_works(instance, devices, ser
         login.close()
     # A's message never arrived.
     assert instance.run("grep", "-rlF", tok, "/home/bob/Maildir", check=False).returncode != 0
+
+
+def host_crl_number(instance):
+    """The number of the CRL in the CA + CRL file Dovecot reads on the host."""
+    text = instance.run("cat", "/etc/dovecot/client-ca-crl.pem").stdout
+    begin = text.index("-----BEGIN X509 CRL-----")
+    end = text.index("-----END X509 CRL-----") + len("-----END X509 CRL-----")
+    crl = x509.load_pem_x509_crl(text[begin:end].encode())
+    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
+def test_refresh_crl_pushes_a_revocation_that_was_not_pushed(instance, devices, server_pem, tmp_path):
+    """refresh_crl.yml re-signs the CRL and brings every host up to the CA: a
+    device revoked on the controller without the push (hardened_ca_push=false)
+    keeps working until refresh_crl.yml runs, and is refused on 465 and 993
+    after it; the host's CRL number goes up; the other devices are untouched;
+    a second push with nothing new changes nothing on the host."""
+    email, device = "alice@example.test", "tablet-%s" % instance.name
+    bundles = tmp_path / "bundles"
+    run_playbook("issue_cert", "--limit", "localhost,%s" % instance.name,
+                 "-e", "cert_email=%s" % email, "-e", "cert_device=%s" % device,
+                 "-e", "cert_name=Alice", "-e", "cert_bundle_dir=%s" % bundles,
+                 "-e", "cert_bundle_keep_seconds=0")
+    base = str(bundles / ("%s_%s" % (email, device)))
+    with open(base + ".pass", encoding="utf-8") as handle:
+        cert, key, _parsed = mailbox.pkcs12_to_pem(base + ".p12", handle.read(), tmp_path)
+    dev_c = {"cert": cert, "key": key, "device": device, "email": email}
+    login = imap.login_external(instance.port(993), imap_ctx(server_pem, dev_c))
+    assert login.ok, login
+    login.close()
+
+    run_playbook("revoke_cert", "--limit", "localhost,%s" % instance.name,
+                 "-e", "cert_email=%s" % email, "-e", "cert_device=%s" % device,
+                 "-e", "hardened_ca_push=false")
+    # Not pushed: the host still takes the device (what refresh_crl.yml must mend).
+    login = imap.login_external(instance.port(993), imap_ctx(server_pem, dev_c))
+    assert login.ok, login
+    login.close()
+    before = host_crl_number(instance)
+
+    run_playbook("refresh_crl", "--limit", "localhost,%s" % instance.name)
+    assert host_crl_number(instance) > before
+    login = imap.login_external(instance.port(993), imap_ctx(server_pem, dev_c))
+    assert not login.ok, login
+    out = send(instance, dev_c, "bob@example.test", token())
+    assert out.stage != "sent", out
+    login = imap.login_external(instance.port(993), imap_ctx(server_pem, devices["B"]))
+    assert login.ok, login
+    login.close()
+    tok_b = token()
+    assert send(instance, devices["B"], "bob@example.test", tok_b).stage == "sent"
+
+    # Nothing new on the controller (no forced re-signing): the push changes nothing.
+    again = run_playbook("refresh_crl", "--limit", "localhost,%s" % instance.name,
+                         "-e", "hardened_ca_crl_force=false")
+    recap = [line for line in again.stdout.splitlines() if line.startswith(instance.name)]
+    assert recap and "changed=0" in recap[-1], again.stdout[-3000:]
 
 
 # ------------------------------------------------------------ drift
