@@ -5,6 +5,7 @@ Real clients (smtplib, openssl s_client) talk to the ports podman published on
 127.0.0.1:2525), local mail to ~/Maildir, and every assertion reads the result.
 """
 
+import hashlib
 import json
 import os
 import re
@@ -768,3 +769,39 @@ def test_bad_mail_domains_are_refused_before_any_change(instance):
     after = instance.run("sha256sum", "/etc/postfix/main.cf", "/etc/postfix/hardened/sender_login.regexp",
                          "/etc/systemd/system/hm-header-from.service").stdout
     assert after == before
+
+
+# ------------------------------------------------ drift of the role's programs
+
+LIBEXEC = "/usr/local/lib/hardened-mailhost"
+
+
+def test_converge_puts_back_changed_program_files_and_only_those(instance):
+    """The role checks its 15 program files with one scan and copies only the
+    ones that differ: an edited policy script, a quota module made writable for
+    all, a deleted milter module and an alarm module given to another owner are
+    put back byte for byte with their mode and owner; the files nobody touched
+    are not copied."""
+    touched = {
+        "ccert_sender_policy.py": "0644",
+        "hm_sender_quota.py": "0644",
+        "hm_header_from/tables.py": "0644",
+        "hm_sender_guard/events.py": "0644",
+    }
+    instance.run("sh", "-c", "echo '# edited by hand' >> %s/ccert_sender_policy.py" % LIBEXEC)
+    instance.run("chmod", "0666", LIBEXEC + "/hm_sender_quota.py")
+    instance.run("rm", LIBEXEC + "/hm_header_from/tables.py")
+    instance.run("chown", "nobody", LIBEXEC + "/hm_sender_guard/events.py")
+    proc = run_playbook(os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "converge.yml"),
+                        "--limit", instance.name)
+    copied = set(re.findall(r"^changed: \[%s\] => \(item=%s/(\S+)\)" % (re.escape(instance.name), re.escape(LIBEXEC)),
+                            proc.stdout, re.M))
+    assert copied == set(touched), proc.stdout[-4000:]
+    for name, mode in touched.items():
+        with open(os.path.join(ROOT, "roles", "postfix", "files", name), "rb") as handle:
+            wanted = hashlib.sha256(handle.read()).hexdigest()
+        got = instance.run("sha256sum", "%s/%s" % (LIBEXEC, name)).stdout.split()[0]
+        assert got == wanted, name
+        assert instance.run("stat", "-c", "%a %U %G", "%s/%s" % (LIBEXEC, name)).stdout.split() == \
+            [mode.lstrip("0"), "root", "root"], name
+    assert instance.run("systemctl", "is-active", "hm-header-from").stdout.strip() == "active"
