@@ -206,50 +206,57 @@ def draw_pin(length=8):
             return pin
 
 
+def inventory_data(ca_dir, organization, hosts, work, persist, group_vars):
+    """The inventory both container benchmarks write: group ``mailhosts`` with
+    the containers' SSH ports, the connection through 127.0.0.1 as root with the
+    scratch key, the settings the site scenario gives every host (5 TOTP scratch
+    codes, so recovery sheets are written too; the podman gateway exempt from
+    sshd's penalties, since every client arrives from it; the mail domain) and
+    ``group_vars`` on top."""
+    common = {
+        "ansible_connection": "ssh",
+        "ansible_host": "127.0.0.1",
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": os.path.join(work, "hm_admin_key"),
+        "ansible_ssh_common_args": (
+            "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+            " -o ControlMaster=auto -o ControlPersist=%s" % persist),
+        "sshd_2fa_totp_scratch_codes": 5,
+        "sshd_2fa_penalty_exempt": ["{{ ansible_facts.default_ipv4.gateway }}/32"],
+        "postfix_domain": "example.test",
+        "postfix_milter_strict_sandbox": False,
+        "dovecot_domain": "example.test",
+    }
+    return {"all": {
+        "vars": {
+            "hardened_ca_dir": ca_dir,
+            "hardened_ca_passphrase": secrets.token_urlsafe(24),
+            "ca_organization": organization,
+        },
+        "children": {"mailhosts": {
+            "hosts": {name: {"ansible_port": port} for name, port in hosts.items()},
+            "vars": dict(common, **group_vars),
+        }},
+    }}
+
+
 def inventory(hosts, work, ports):
     shared = os.path.join(work, "shared")
     passwords = {user: "bench-%s-%s" % (user, secrets.token_urlsafe(12)) for user in USERS}
-    data = {
-        "all": {
-            "vars": {
-                # One CA folder for every host, in the shared controller folder.
-                "hardened_ca_dir": os.path.join(shared, "ca"),
-                "hardened_ca_passphrase": secrets.token_urlsafe(24),
-                "ca_organization": "Many Hosts Bench",
-            },
-            "children": {
-                "mailhosts": {
-                    "hosts": {name: {"ansible_port": ports[name]} for name in hosts},
-                    "vars": {
-                        "ansible_connection": "ssh",
-                        "ansible_host": "127.0.0.1",
-                        "ansible_user": "root",
-                        "ansible_ssh_private_key_file": os.path.join(work, "hm_admin_key"),
-                        "ansible_ssh_common_args": (
-                            "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
-                            " -o ControlMaster=auto -o ControlPersist=120s"),
-                        "sshd_2fa_users": list(USERS),
-                        # Scratch codes, so that recovery sheets are written too.
-                        "sshd_2fa_totp_scratch_codes": 5,
-                        # ONE controller folder for every host's QR codes and
-                        # one for every host's generated PINs (issue 17).
-                        "sshd_2fa_enroll_dest": os.path.join(shared, "totp"),
-                        "sudo_pin_generated_dest": os.path.join(shared, "sudo_pin"),
-                        # Every client arrives from the podman gateway (as in the site scenario).
-                        "sshd_2fa_penalty_exempt": ["{{ ansible_facts.default_ipv4.gateway }}/32"],
-                        "sudo_pin_users": [
-                            {"name": "alice", "pin": draw_pin()},
-                            {"name": "bob", "generate": True},
-                        ],
-                        "postfix_domain": "example.test",
-                        "postfix_milter_strict_sandbox": False,
-                        "dovecot_domain": "example.test",
-                        "hm_bench_passwords": passwords,
-                    },
-                },
-            },
-        },
-    }
+    # One CA folder for every host, in the shared controller folder.
+    data = inventory_data(os.path.join(shared, "ca"), "Many Hosts Bench", {name: ports[name] for name in hosts},
+                          work, "120s", {
+                              "sshd_2fa_users": list(USERS),
+                              # ONE controller folder for every host's QR codes and
+                              # one for every host's generated PINs (issue 17).
+                              "sshd_2fa_enroll_dest": os.path.join(shared, "totp"),
+                              "sudo_pin_generated_dest": os.path.join(shared, "sudo_pin"),
+                              "sudo_pin_users": [
+                                  {"name": "alice", "pin": draw_pin()},
+                                  {"name": "bob", "generate": True},
+                              ],
+                              "hm_bench_passwords": passwords,
+                          })
     path = os.path.join(work, "inventory.yml")
     # JSON is YAML: Ansible's yaml inventory plugin reads it.
     write_private(path, json.dumps(data, indent=1))

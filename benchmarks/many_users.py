@@ -158,38 +158,16 @@ def inventory(name, count, work, port, tablet=False):
                for u in users for d in DEVICES]
     if tablet:
         devices.append({"email": "%s@example.test" % users[0], "name": "User %s" % users[0], "device": "tablet"})
-    data = {"all": {
-        "vars": {
-            "hardened_ca_dir": os.path.join(folder, "ca"),
-            "hardened_ca_passphrase": secrets.token_urlsafe(24),
-            "ca_organization": "Many Users Bench",
-        },
-        "children": {"mailhosts": {
-            "hosts": {name: {"ansible_port": port}},
-            "vars": {
-                "ansible_connection": "ssh",
-                "ansible_host": "127.0.0.1",
-                "ansible_user": "root",
-                "ansible_ssh_private_key_file": os.path.join(work, "hm_admin_key"),
-                "ansible_ssh_common_args": (
-                    "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
-                    " -o ControlMaster=auto -o ControlPersist=300s"),
-                "sshd_2fa_users": users,
-                "sshd_2fa_totp_scratch_codes": 5,
-                "sshd_2fa_enroll_dest": os.path.join(folder, "shared", "totp"),
-                "sudo_pin_generated_dest": os.path.join(folder, "shared", "sudo_pin"),
-                "sshd_2fa_penalty_exempt": ["{{ ansible_facts.default_ipv4.gateway }}/32"],
-                "sudo_pin_users": [{"name": u, "pin": mh.draw_pin()} for u in users],
-                "postfix_domain": "example.test",
-                "postfix_milter_strict_sandbox": False,
-                "dovecot_domain": "example.test",
-                "dovecot_app_passwords": True,
-                "hm_users_passwords": passwords,
-                "hm_users_devices": devices,
-                "hm_users_bundles": os.path.join(folder, "bundles"),
-            },
-        }},
-    }}
+    data = mh.inventory_data(os.path.join(folder, "ca"), "Many Users Bench", {name: port}, work, "300s", {
+        "sshd_2fa_users": users,
+        "sshd_2fa_enroll_dest": os.path.join(folder, "shared", "totp"),
+        "sudo_pin_generated_dest": os.path.join(folder, "shared", "sudo_pin"),
+        "sudo_pin_users": [{"name": u, "pin": mh.draw_pin()} for u in users],
+        "dovecot_app_passwords": True,
+        "hm_users_passwords": passwords,
+        "hm_users_devices": devices,
+        "hm_users_bundles": os.path.join(folder, "bundles"),
+    })
     path = os.path.join(folder, "inventory.yml")
     mh.write_private(path, json.dumps(data, indent=1))
     return path
