@@ -15,7 +15,6 @@ Figures (renewal time, longest gap per port) go to
 $HM_CACHE_DIR/logs/acme-<scenario>.json.
 """
 
-import fcntl
 import json
 import os
 import re
@@ -37,6 +36,7 @@ RENEW = ["env", "REQUESTS_CA_BUNDLE=" + PEBBLE_BUNDLE, "certbot", "renew", "--fo
          "--cert-name", "hardened-mailhost", "--no-random-sleep-on-renew"]
 MAX_GAP = 1.0  # seconds a mail port may go without a successful handshake starting (acme_probe.py)
 
+# Reloads Dovecot: runs alone (the lock in conftest.py).
 EXCLUSIVE_TESTS = ("test_acme_certificate_issued_served_and_renewed_without_closing_the_ports",)
 
 
@@ -49,19 +49,6 @@ def _first_verify_only():
 def _phase(instance):
     marker = instance.run("cat", PHASE_FILE, check=False)
     return marker.stdout.strip() if marker.returncode == 0 else "first"
-
-
-@pytest.fixture(autouse=True)
-def _reload_lock(request, ephemeral_dir):
-    """The same lock as test_dovecot.py's: the test that changes the served
-    certificate (and reloads Postfix and Dovecot) runs alone."""
-    mode = fcntl.LOCK_EX if request.node.originalname in EXCLUSIVE_TESTS else fcntl.LOCK_SH
-    with open(os.path.join(ephemeral_dir, "dovecot-test.lock"), "a") as handle:
-        fcntl.flock(handle, mode)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def playbook(*args):

@@ -12,7 +12,6 @@ first verify only (``_phase_gate``).
 """
 
 import email.message
-import fcntl
 import json
 import os
 import re
@@ -32,6 +31,7 @@ CA_FILE = "/etc/dovecot/client-ca-crl.pem"
 SCENARIO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Reloads Dovecot: runs alone (the lock in conftest.py).
 EXCLUSIVE_TESTS = ("test_ca_file_guard_and_revocation_through_the_ca_playbook",)
 
 
@@ -76,20 +76,6 @@ def _phase_gate(request):
         instances = load_instances()
     if any(phase_of(instance) != "first" for instance in instances):
         pytest.skip("runs in the first verify only")
-
-
-@pytest.fixture(autouse=True)
-def _dovecot_reload_lock(request, ephemeral_dir):
-    """The verifier runs tests side by side; a Dovecot reload (CA file pushed)
-    drops logins in progress. The test that reloads runs alone: it takes this
-    lock exclusively, every other test shares it."""
-    mode = fcntl.LOCK_EX if request.node.originalname in EXCLUSIVE_TESTS else fcntl.LOCK_SH
-    with open(os.path.join(ephemeral_dir, "dovecot-test.lock"), "a") as handle:
-        fcntl.flock(handle, mode)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="module")
